@@ -1,0 +1,1 @@
+//! zeronode-image: placeholder until its first real code lands.

@@ -1,0 +1,1 @@
+//! zeronode-init: placeholder until its first real code lands.

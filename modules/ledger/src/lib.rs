@@ -1,0 +1,1 @@
+//! zeronode-ledger: placeholder until its first real code lands.

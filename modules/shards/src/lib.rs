@@ -1,0 +1,1 @@
+//! zeronode-shards: placeholder until its first real code lands.

@@ -1,0 +1,1 @@
+//! zeronode-types: placeholder until its first real code lands.

@@ -1,0 +1,1 @@
+//! zeronode-qemu: placeholder until its first real code lands.

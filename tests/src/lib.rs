@@ -1,0 +1,1 @@
+//! zeronode-e2e: placeholder until its first real code lands.
