@@ -1,0 +1,95 @@
+//! Where PID 1's own log lines go: the console (our stdout, which the kernel
+//! opened on /dev/console) and the kernel log (/dev/kmsg, so `dmesg` has
+//! them too). Whether the kernel also echoes kmsg records to the console
+//! depends on `loglevel=`; the image sets it so lines are not doubled.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Process mode: plain lines on stderr.
+pub fn init_stderr() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .try_init();
+}
+
+/// PID 1: console and kernel log.
+pub fn init_pid1(debug: bool) {
+    let kmsg = OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .ok()
+        .map(Arc::new);
+    let level = if debug { Level::DEBUG } else { Level::INFO };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(ConsoleAndKmsg { kmsg })
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .try_init();
+}
+
+#[derive(Clone)]
+struct ConsoleAndKmsg {
+    kmsg: Option<Arc<File>>,
+}
+
+pub struct LineWriter {
+    kmsg: Option<Arc<File>>,
+    priority: u8,
+}
+
+impl<'a> MakeWriter<'a> for ConsoleAndKmsg {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter {
+            kmsg: self.kmsg.clone(),
+            priority: 6,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> LineWriter {
+        let priority = match *meta.level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            _ => 7,
+        };
+        LineWriter {
+            kmsg: self.kmsg.clone(),
+            priority,
+        }
+    }
+}
+
+impl Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(b"zeronode-init: ");
+        let _ = out.write_all(buf);
+        let _ = out.flush();
+        if let Some(kmsg) = &self.kmsg {
+            // One write is one kmsg record; a failed log write is not worth failing for.
+            let mut record = format!("<{}>zeronode-init: ", self.priority).into_bytes();
+            record.extend_from_slice(buf);
+            let _ = (&**kmsg).write(&record);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,12 @@
+//! Bringing the machine up as PID 1, and taking it down again.
+
+pub mod cmdline;
+pub mod kmod;
+pub mod logging;
+pub mod loopdev;
+pub mod mounts;
+pub mod net;
+pub mod pid1;
+pub mod power_button;
+pub mod rootfs;
+pub mod shutdown;

@@ -1,0 +1,152 @@
+//! PID 1 from the first instruction to the supervisor.
+//!
+//! Stage 1 runs from the initramfs: kernel API mounts, command line,
+//! verify and enter the system image (see `rootfs`). Stage 2 is the same
+//! binary re-executed from the system image: the rest of the mounts, kernel
+//! modules, hostname, loopback, then the supervisor until a power action.
+//! Nothing here may panic or return: PID 1 exiting is a kernel panic.
+
+use std::path::Path;
+
+use super::cmdline::{self, BootConfig};
+use super::{kmod, logging, mounts, net, power_button, rootfs, shutdown};
+use crate::run::{self, ReadyClock, RunOptions};
+
+pub const SERVICES_DIR: &str = "/etc/zeronode/services";
+pub const CONTROL_SOCKET: &str = "/run/zeronode/init.sock";
+/// The typed boot config, for the modules to read.
+pub const BOOT_CONFIG: &str = "/run/zeronode/boot.json";
+
+pub fn main() -> ! {
+    match std::panic::catch_unwind(boot) {
+        Ok(Err(msg)) => halt(&msg),
+        Err(_) => halt("internal error (panic) in PID 1"),
+    }
+}
+
+fn boot() -> Result<std::convert::Infallible, String> {
+    mounts::mount_all(Path::new("/"), mounts::KERNEL_API).map_err(|e| e.to_string())?;
+    let cfg = read_cmdline();
+
+    if Path::new(rootfs::SYSTEM_IMAGE).exists() {
+        tracing::info!("verifying and entering the system image");
+        return Err(rootfs::enter_system_image(&cfg).to_string());
+    }
+
+    mounts::mount_all(Path::new("/"), mounts::SYSTEM).map_err(|e| e.to_string())?;
+    // Ctrl-Alt-Del becomes SIGINT to us (a clean reboot) instead of an instant reset.
+    if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+        tracing::warn!("cannot take over Ctrl-Alt-Del: {e}");
+    }
+    set_hostname(&cfg);
+    if let Err(e) = net::loopback_up() {
+        tracing::warn!("bringing lo up: {e}");
+    }
+    write_boot_config(&cfg);
+    load_modules();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    let opts = RunOptions {
+        services_dir: SERVICES_DIR.into(),
+        control_socket: Some(CONTROL_SOCKET.into()),
+        ready_clock: ReadyClock::KernelBoot,
+        subreaper: false,
+    };
+    let action = runtime.block_on(async {
+        power_button::spawn_watchers();
+        run::run(opts).await
+    });
+    drop(runtime);
+    match action {
+        Ok(action) => shutdown::finish(action),
+        // The supervisor could not run at all; still take the machine down cleanly.
+        Err(e) => {
+            tracing::error!("supervisor: {e:#}");
+            shutdown::finish(run::PowerAction::PowerOff)
+        }
+    }
+}
+
+fn read_cmdline() -> BootConfig {
+    let line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (cfg, warnings) = cmdline::parse(&line);
+    logging::init_pid1(cfg.debug);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    cfg
+}
+
+fn set_hostname(cfg: &BootConfig) {
+    let from_file = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string());
+    let name = cfg
+        .hostname
+        .clone()
+        .or(from_file)
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "zeronode".into());
+    if let Err(e) = nix::unistd::sethostname(&name) {
+        tracing::warn!("setting host name {name:?}: {e}");
+    }
+}
+
+fn write_boot_config(cfg: &BootConfig) {
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all("/run/zeronode")?;
+        let json = serde_json::to_vec_pretty(cfg).map_err(std::io::Error::other)?;
+        std::fs::write(BOOT_CONFIG, json)
+    };
+    if let Err(e) = write() {
+        tracing::warn!("writing {BOOT_CONFIG}: {e}");
+    }
+}
+
+/// The image's fixed list, then every device's driver. Failures are
+/// reported and boot goes on: a missing NIC driver is not a reason to stop.
+fn load_modules() {
+    let release = match nix::sys::utsname::uname() {
+        Ok(u) => u.release().to_string_lossy().into_owned(),
+        Err(e) => return tracing::warn!("uname: {e}; no kernel modules loaded"),
+    };
+    let dir = Path::new("/lib/modules").join(&release);
+    let index = match kmod::ModuleIndex::load(&dir) {
+        Ok(i) => i,
+        Err(e) => return tracing::warn!("no kernel modules loaded: {e}"),
+    };
+    let mut loader = kmod::Loader::new(index);
+    let mut report = kmod::LoadReport::default();
+    let list = std::fs::read_to_string("/etc/zeronode/modules-load").unwrap_or_default();
+    for m in kmod::parse_load_list(&list) {
+        loader.load(&m, &mut report);
+    }
+    let hot = loader.coldplug(Path::new("/sys/devices"));
+    report.loaded.extend(hot.loaded);
+    report.failed.extend(hot.failed);
+    report.not_applicable.extend(hot.not_applicable);
+    tracing::info!(
+        "kernel modules: {} loaded, {} failed, {} not for this hardware",
+        report.loaded.len(),
+        report.failed.len(),
+        report.not_applicable.len()
+    );
+    tracing::debug!("loaded: {}", report.loaded.join(" "));
+    tracing::debug!("not for this hardware: {}", report.not_applicable.join(" "));
+    for (module, reason) in &report.failed {
+        tracing::warn!("module {module}: {reason}");
+    }
+}
+
+/// The boot cannot go on. Say why where a person looks, then wait: PID 1
+/// must not exit, and a loop of reboots would scroll the reason away.
+fn halt(reason: &str) -> ! {
+    println!("zeronode: boot stopped: {reason}");
+    tracing::error!("boot stopped: {reason}");
+    loop {
+        nix::unistd::pause();
+    }
+}

@@ -1,0 +1,242 @@
+//! Stage 1: from the initramfs into the verified, read-only system image.
+//!
+//! The initramfs holds this binary, the few modules needed to mount the
+//! image, and `/system.img` (squashfs). The image is hashed with blake3 and
+//! must equal `zeronode.root_hash` from the command line, or the boot stops.
+//! It is then mounted read-only as the new root with tmpfs on /run, /var and
+//! /tmp and a tmpfs overlay on /etc, and PID 1 re-executes itself from it.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+use thiserror::Error;
+
+use super::cmdline::{hex, BootConfig};
+use super::kmod;
+use super::loopdev::{self, LoopError};
+use super::mounts::{self, MountError};
+
+/// The system image inside the initramfs; its presence means "stage 1".
+pub const SYSTEM_IMAGE: &str = "/system.img";
+const NEW_ROOT: &str = "/newroot";
+/// Where the /etc overlay keeps its writable layer, inside the new /run.
+const ETC_OVERLAY: &str = "run/zeronode/etc-overlay";
+
+#[derive(Debug, Error)]
+pub enum RootError {
+    #[error("no zeronode.root_hash=<blake3 hex> on the kernel command line: refusing to boot an unverified system image")]
+    NoPinnedHash,
+    #[error(
+        "system image {path} does not match the pinned hash: expected {expected}, found {actual}"
+    )]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("reading the system image {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("kernel modules for the system image: {0}")]
+    Modules(#[from] kmod::KmodError),
+    #[error("kernel module {module} failed to load: {reason}")]
+    ModuleLoad { module: String, reason: String },
+    #[error(transparent)]
+    Loop(#[from] LoopError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("{what}: {source}")]
+    Sys { what: String, source: nix::Error },
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RootError {
+    let what = what.into();
+    move |source| RootError::Sys { what, source }
+}
+
+/// blake3 of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<[u8; 32], RootError> {
+    let read_err = |source| RootError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// Checks the image against the pinned hash. A missing pin is a refusal too.
+pub fn verify(path: &Path, cfg: &BootConfig) -> Result<(), RootError> {
+    let expected = cfg.root_hash.ok_or(RootError::NoPinnedHash)?;
+    let actual = hash_file(path)?;
+    if actual != expected {
+        return Err(RootError::HashMismatch {
+            path: path.to_path_buf(),
+            expected: hex(&expected),
+            actual: hex(&actual),
+        });
+    }
+    Ok(())
+}
+
+/// Verifies and mounts the system image, switches root into it and execs
+/// its /sbin/init. Returns only on failure.
+pub fn enter_system_image(cfg: &BootConfig) -> RootError {
+    match prepare()
+        .and_then(|()| verify(Path::new(SYSTEM_IMAGE), cfg))
+        .and_then(|()| switch())
+    {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn prepare() -> Result<(), RootError> {
+    let release = nix::sys::utsname::uname().map_err(sys("uname"))?;
+    let dir = Path::new("/lib/modules").join(release.release());
+    let mut loader = kmod::Loader::new(kmod::ModuleIndex::load(&dir)?);
+    let list = std::fs::read_to_string("/etc/zeronode/modules-load").unwrap_or_default();
+    let mut report = kmod::LoadReport::default();
+    for m in kmod::parse_load_list(&list) {
+        loader.load(&m, &mut report);
+    }
+    match report.failed.into_iter().next() {
+        Some((module, reason)) => Err(RootError::ModuleLoad { module, reason }),
+        None => Ok(()),
+    }
+}
+
+enum Never {}
+
+fn switch() -> Result<Never, RootError> {
+    let new_root = Path::new(NEW_ROOT);
+    let device = loopdev::attach_read_only(Path::new(SYSTEM_IMAGE))?;
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    mount(
+        Some(&device.path),
+        new_root,
+        Some("squashfs"),
+        ro,
+        None::<&str>,
+    )
+    .map_err(sys(format!(
+        "mounting {} (squashfs) on {NEW_ROOT}",
+        device.path.display()
+    )))?;
+    drop(device);
+
+    // Writable places, then /etc as an overlay whose upper layer lives in /run.
+    mounts::mount_all(new_root, &mounts::SYSTEM[2..5])?;
+    let overlay = new_root.join(ETC_OVERLAY);
+    for d in ["upper", "work"] {
+        std::fs::create_dir_all(overlay.join(d)).map_err(|source| RootError::Read {
+            path: overlay.join(d),
+            source,
+        })?;
+    }
+    let etc = new_root.join("etc");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        etc.display(),
+        overlay.join("upper").display(),
+        overlay.join("work").display()
+    );
+    mount(
+        Some("overlay"),
+        &etc,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(sys(format!("mounting the /etc overlay ({opts})")))?;
+
+    for api in ["/dev", "/proc", "/sys"] {
+        let target = new_root.join(&api[1..]);
+        mount(
+            Some(api),
+            &target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(sys(format!("moving {api} to {}", target.display())))?;
+    }
+
+    // The initramfs is RAM nobody will read again; the image stays alive
+    // through its loop device.
+    let root_dev = std::fs::metadata("/").map(|m| m.dev()).ok();
+    if let Some(dev) = root_dev {
+        remove_tree_on(Path::new("/"), dev);
+    }
+
+    nix::unistd::chdir(new_root).map_err(sys("chdir to the new root"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(sys("moving the new root onto /"))?;
+    nix::unistd::chroot(".").map_err(sys("chroot into the new root"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+
+    let init = c"/sbin/init";
+    match nix::unistd::execv(init, &[init]) {
+        Ok(never) => match never {},
+        Err(e) => Err(sys("exec /sbin/init of the system image")(e)),
+    }
+}
+
+/// Deletes what lies on device `dev` under `dir`, not crossing into mounts.
+fn remove_tree_on(dir: &Path, dev: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.dev() != dev {
+            continue;
+        }
+        if meta.is_dir() {
+            remove_tree_on(&path, dev);
+            let _ = std::fs::remove_dir(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_accepts_the_pinned_image_and_refuses_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("system.img");
+        std::fs::write(&img, vec![7u8; 3 << 20]).unwrap();
+        let good = *blake3::hash(&vec![7u8; 3 << 20]).as_bytes();
+
+        let mut cfg = BootConfig::default();
+        assert!(matches!(verify(&img, &cfg), Err(RootError::NoPinnedHash)));
+        cfg.root_hash = Some(good);
+        verify(&img, &cfg).unwrap();
+
+        let mut bytes = std::fs::read(&img).unwrap();
+        bytes[2 << 20] ^= 1;
+        std::fs::write(&img, bytes).unwrap();
+        let err = verify(&img, &cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("does not match") && err.contains(&hex(&good)),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,33 @@
+# Sourced by the scripts: installs what the build and the boot tests need,
+# only what is missing, so it is cheap to call every time.
+
+# Debian packages: the musl C toolchain (static binaries with C parts), protoc
+# (containerd-client), QEMU with OVMF and the iPXE ROMs, the UKI stub, and the
+# tools the image builder calls.
+ZN_APT_PACKAGES=(musl-tools protobuf-compiler qemu-system-x86 qemu-utils ovmf ipxe-qemu
+  systemd-boot-efi squashfs-tools binutils zstd cpio mtools)
+
+zn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+zn_ensure_deps() {
+  local missing=()
+  for p in "${ZN_APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    zn_log "installing Debian packages: ${missing[*]}"
+    local sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if ! command -v cargo >/dev/null; then
+    # shellcheck disable=SC1091
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+  fi
+  command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; return 1; }
+  if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+    zn_log "adding the rustup target x86_64-unknown-linux-musl"
+    rustup target add x86_64-unknown-linux-musl >/dev/null
+  fi
+}
