@@ -13,6 +13,12 @@ fn main() -> ExitCode {
     if std::process::id() == 1 {
         zeronode_init::boot::pid1::main();
     }
+    // The kernel runs /sbin/modprobe (a link to us) when it needs a module
+    // (request_module): crypto algorithms, filesystems, nft expressions.
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if argv0.rsplit('/').next() == Some("modprobe") {
+        return zeronode_init::boot::kmod::modprobe_main(std::env::args().skip(1));
+    }
     match parse_args(std::env::args().skip(1)) {
         Ok(opts) => process_mode(opts),
         Err(msg) => {

@@ -5,7 +5,7 @@
 # (containerd-client), QEMU with OVMF and the iPXE ROMs, the UKI stub, and the
 # tools the image builder calls.
 ZN_APT_PACKAGES=(musl-tools protobuf-compiler qemu-system-x86 qemu-utils ovmf ipxe-qemu
-  systemd-boot-efi squashfs-tools binutils zstd cpio mtools)
+  systemd-boot-efi squashfs-tools binutils kmod fdisk cpio)
 
 zn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -143,6 +143,32 @@ impl ModuleIndex {
         found
     }
 
+    /// Modules to load before `name` if they can be (`softdep NAME pre:`);
+    /// a soft dependency may name an alias (`crc32c`), and one that is not
+    /// in the image is skipped.
+    pub fn soft_dependencies(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for pre in self.softdep_pre.get(&canonical(name)).into_iter().flatten() {
+            if self.modules.contains_key(pre) {
+                out.push(pre.clone());
+            } else {
+                out.extend(self.lookup_alias(pre));
+            }
+        }
+        out
+    }
+
+    /// What a name the kernel asks for (`request_module`) means: the module
+    /// of that name, or every module with a matching alias (`fs-btrfs`).
+    pub fn resolve(&self, name: &str) -> Vec<String> {
+        let c = canonical(name);
+        if self.modules.contains_key(&c) || self.builtin.contains(&c) {
+            vec![c]
+        } else {
+            self.lookup_alias(name)
+        }
+    }
+
     /// The files to load for `name`, dependencies first, each once, skipping
     /// what `loaded` says is already in the kernel.
     pub fn load_order(
@@ -170,12 +196,6 @@ impl ModuleIndex {
             .modules
             .get(name)
             .ok_or_else(|| KmodError::Unknown(name.to_string()))?;
-        // A soft dependency that is missing from the image is not an error.
-        for pre in self.softdep_pre.get(name).into_iter().flatten() {
-            if self.modules.contains_key(pre) {
-                self.visit(pre, loaded, seen, order)?;
-            }
-        }
         for dep in deps {
             self.visit(dep, loaded, seen, order)?;
         }
@@ -296,6 +316,8 @@ pub struct LoadReport {
 pub struct Loader {
     pub index: ModuleIndex,
     loaded: HashSet<String>,
+    /// Modules whose soft dependencies were tried already (stops recursion).
+    soft_loading: HashSet<String>,
 }
 
 impl Loader {
@@ -308,7 +330,11 @@ impl Loader {
                     .collect()
             })
             .unwrap_or_default();
-        Loader { index, loaded }
+        Loader {
+            index,
+            loaded,
+            soft_loading: HashSet::new(),
+        }
     }
 
     /// Loads one module and its dependencies; a module already in the kernel
@@ -323,6 +349,15 @@ impl Loader {
         };
         for path in order {
             let module = name_of(&path.to_string_lossy());
+            // Soft dependencies are best effort: a CPU-specific crc32c may
+            // refuse this machine while the generic one loads.
+            if self.soft_loading.insert(module.clone()) {
+                for pre in self.index.soft_dependencies(&module) {
+                    if !self.loaded.contains(&pre) {
+                        self.load(&pre, report);
+                    }
+                }
+            }
             match finit(&path) {
                 Ok(()) => report.loaded.push(module.clone()),
                 Err(KmodError::Load {
@@ -409,6 +444,49 @@ pub fn modaliases(root: &Path) -> Vec<String> {
     out
 }
 
+/// `modprobe [-q] [--] NAME`, as the kernel's request_module() calls it.
+/// Exit status 0 when something for NAME is in the kernel afterwards.
+pub fn modprobe_main(args: impl Iterator<Item = String>) -> std::process::ExitCode {
+    let args: Vec<String> = args.collect();
+    let quiet = args.iter().any(|a| a == "-q");
+    let Some(name) = args.iter().rfind(|a| !a.starts_with('-')) else {
+        eprintln!("usage: modprobe [-q] [--] MODULE");
+        return std::process::ExitCode::from(2);
+    };
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let index = match ModuleIndex::load(&Path::new("/lib/modules").join(release)) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("modprobe: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut loader = Loader::new(index);
+    let mut report = LoadReport::default();
+    let wanted = loader.index.resolve(name);
+    for m in &wanted {
+        loader.load(m, &mut report);
+    }
+    let present = wanted
+        .iter()
+        .any(|m| loader.loaded.contains(m) || loader.index.is_builtin(m));
+    if !quiet {
+        for (m, why) in &report.failed {
+            eprintln!("modprobe: {m}: {why}");
+        }
+    }
+    if present {
+        std::process::ExitCode::SUCCESS
+    } else {
+        if !quiet {
+            eprintln!("modprobe: nothing in this image provides {name:?}");
+        }
+        std::process::ExitCode::FAILURE
+    }
+}
+
 /// The module names in a `modules-load` list: one a line, `#` comments.
 pub fn parse_load_list(text: &str) -> Vec<String> {
     text.lines()
@@ -437,6 +515,7 @@ mod tests {
              kernel/lib/raid6/raid6_pq.ko:\n\
              kernel/crypto/xor.ko:\n\
              kernel/crypto/crc32c_intel.ko:\n\
+             kernel/crypto/crc32c_generic.ko:\n\
              kernel/drivers/usb/storage/usb-storage.ko:\n",
         );
         w(
@@ -446,7 +525,8 @@ mod tests {
              alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e\n\
              alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage\n\
              alias usb:v05DCpA[4-7]??d*dc*dsc*dp*ic*isc*ip*in* usb_storage\n\
-             alias fs-btrfs btrfs\n",
+             alias fs-btrfs btrfs\n\
+             alias crc32c crc32c_generic\n",
         );
         w(
             "modules.builtin",
@@ -454,7 +534,7 @@ mod tests {
         );
         w(
             "modules.softdep",
-            "# Soft dependencies\nsoftdep btrfs pre: crc32c_intel missing_one\n",
+            "# Soft dependencies\nsoftdep btrfs pre: crc32c_intel crc32c missing_one\n",
         );
         dir
     }
@@ -489,8 +569,15 @@ mod tests {
         let idx = ModuleIndex::load(fixture().path()).unwrap();
         assert_eq!(
             names(&idx.load_order("btrfs", &HashSet::new()).unwrap()),
-            ["crc32c_intel", "raid6_pq", "xor", "btrfs"]
+            ["raid6_pq", "xor", "btrfs"]
         );
+        assert_eq!(
+            idx.soft_dependencies("btrfs"),
+            ["crc32c_intel", "crc32c_generic"]
+        );
+        assert_eq!(idx.resolve("fs-btrfs"), ["btrfs"]);
+        assert_eq!(idx.resolve("ext4"), ["ext4"]);
+        assert!(idx.resolve("nothing-like-it").is_empty());
         assert!(idx.is_builtin("ext4"));
         assert!(idx.load_order("ext4", &HashSet::new()).unwrap().is_empty());
         assert!(
