@@ -83,9 +83,16 @@ impl ModuleIndex {
                 if let (Some("alias"), Some(pattern), Some(module)) =
                     (words.next(), words.next(), words.next())
                 {
-                    let bus = pattern.split(':').next().unwrap_or("").to_string();
+                    // A pattern whose bus part has wildcards (`acpi*:LNXPWRBN:*`)
+                    // could match any bus: it goes in the "" group, tried for all.
+                    let bus = pattern.split(':').next().unwrap_or("");
+                    let key = if bus.contains(['*', '?', '[']) {
+                        ""
+                    } else {
+                        bus
+                    };
                     idx.aliases
-                        .entry(bus)
+                        .entry(key.to_string())
                         .or_default()
                         .push((pattern.to_string(), canonical(module)));
                 }
@@ -134,6 +141,7 @@ impl ModuleIndex {
             .aliases
             .get(bus)
             .into_iter()
+            .chain(self.aliases.get("").filter(|_| !bus.is_empty()))
             .flatten()
             .filter(|(pattern, _)| glob_match(pattern.as_bytes(), modalias.as_bytes()))
             .map(|(_, m)| m.clone())
@@ -526,7 +534,8 @@ mod tests {
              alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage\n\
              alias usb:v05DCpA[4-7]??d*dc*dsc*dp*ic*isc*ip*in* usb_storage\n\
              alias fs-btrfs btrfs\n\
-             alias crc32c crc32c_generic\n",
+             alias crc32c crc32c_generic\n\
+             alias acpi*:LNXPWRBN:* button\n",
         );
         w(
             "modules.builtin",
@@ -612,6 +621,8 @@ mod tests {
             .lookup_alias("usb:v05DCpA812d0100dc00dsc00dp00ic03isc00ip00in00")
             .is_empty());
         assert_eq!(idx.lookup_alias("fs-btrfs"), ["btrfs"]);
+        // The bus part of a pattern may itself be a wildcard.
+        assert_eq!(idx.lookup_alias("acpi:LNXPWRBN:"), ["button"]);
     }
 
     #[test]

@@ -78,6 +78,7 @@ async fn watch(dev: PathBuf, file: File) {
         match guard.try_io(|f| f.get_ref().read(&mut buf)) {
             Ok(Ok(0)) => return,
             Ok(Ok(n)) => {
+                tracing::debug!("power button {}: {n} bytes of events", dev.display());
                 if buf[..n].chunks_exact(EVENT_SIZE).any(is_power_press) {
                     tracing::info!("power button pressed: powering off");
                     let _ = nix::sys::signal::kill(

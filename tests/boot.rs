@@ -1,0 +1,162 @@
+//! Boots the built image (scripts/build-image) in QEMU under TCG and checks
+//! what a person at the console would: it comes up, refuses a tampered
+//! system image, powers off and reboots cleanly.
+
+use std::time::{Duration, Instant};
+
+use zeronode_e2e::image_dir;
+use zeronode_qemu::{Boot, Node, NodeOptions};
+
+type Check = Result<(), String>;
+type Case = (&'static str, fn() -> Check);
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+const PXE_TIMEOUT: Duration = Duration::from_secs(420);
+
+fn opts(boot: Boot) -> NodeOptions {
+    let mut o = NodeOptions::new(image_dir(), boot);
+    o.disks = 2;
+    o
+}
+
+fn start(o: &NodeOptions) -> Result<Node, String> {
+    Node::start(o).map_err(|e| e.to_string())
+}
+
+fn ensure(cond: bool, what: impl FnOnce() -> String) -> Check {
+    if cond {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+/// Ready line; a typo'd zeronode key is reported and ignored; every device
+/// gets its driver; the power button powers off with filesystems unmounted.
+fn direct_boot_ready_then_power_button() -> Check {
+    let mut o = opts(Boot::Direct);
+    o.append = Some("zeronode.debug zeronode.frobnicate=1".into());
+    let mut node = start(&o)?;
+    let ms = node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    ensure(ms > 0, || "ready in 0 ms".into())?;
+    let console = node.console().to_string();
+    ensure(
+        console
+            .contains("ignoring kernel parameter \"zeronode.frobnicate=1\": unknown zeronode key"),
+        || "the unknown key was not reported".into(),
+    )?;
+    let loaded = console
+        .lines()
+        .find(|l| l.contains("DEBUG loaded:"))
+        .unwrap_or_default();
+    for m in ["virtio_net", "virtio_blk", "bridge", "evdev"] {
+        ensure(loaded.split_whitespace().any(|w| w == m), || {
+            format!("{m} not loaded: {loaded:?}")
+        })?;
+    }
+    ensure(!console.contains("WARN module"), || {
+        "a kernel module failed to load".into()
+    })?;
+    node.powerdown().map_err(|e| e.to_string())?;
+    node.wait_for_line("unmount summary", Duration::from_secs(60), |l| {
+        l.starts_with("zeronode: filesystems unmounted")
+    })
+    .map_err(|e| e.to_string())?;
+    node.wait_for_line("kernel power-down", Duration::from_secs(30), |l| {
+        l.contains("reboot: Power down")
+    })
+    .map_err(|e| e.to_string())?;
+    node.wait_exit(Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Ctrl-Alt-Del reboots: the node goes down cleanly and comes up again.
+fn ctrl_alt_del_reboots() -> Check {
+    let mut node = start(&opts(Boot::Direct))?;
+    node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    node.ctrl_alt_del().map_err(|e| e.to_string())?;
+    node.wait_for_line("reboot request", Duration::from_secs(60), |l| {
+        l.starts_with("zeronode: rebooting")
+    })
+    .map_err(|e| e.to_string())?;
+    node.wait_ready(BOOT_TIMEOUT)
+        .map_err(|e| format!("after the reboot: {e}"))?;
+    Ok(())
+}
+
+/// A system image that does not match the pinned hash stops the boot.
+fn tampered_image_stops_the_boot() -> Check {
+    let mut o = opts(Boot::Direct);
+    // The last zeronode.root_hash on the command line wins.
+    o.append = Some(format!("zeronode.root_hash={}", "ab".repeat(32)));
+    let mut node = start(&o)?;
+    let line = node
+        .wait_for_line("the refusal", BOOT_TIMEOUT, |l| {
+            l.starts_with("zeronode: boot stopped:")
+        })
+        .map_err(|e| e.to_string())?;
+    ensure(line.contains("does not match the pinned hash"), || {
+        format!("unexpected reason: {line}")
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure(!node.console().contains("zeronode: ready"), || {
+        "booted anyway".into()
+    })
+}
+
+fn uefi_boot_from_usb_image() -> Check {
+    let mut node = start(&opts(Boot::Uefi))?;
+    node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    node.powerdown().map_err(|e| e.to_string())?;
+    node.wait_exit(Duration::from_secs(90))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn pxe_boot() -> Check {
+    let mut node = start(&opts(Boot::Pxe))?;
+    node.wait_ready(PXE_TIMEOUT).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn main() {
+    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let cases: [Case; 5] = [
+        (
+            "direct_boot_ready_then_power_button",
+            direct_boot_ready_then_power_button,
+        ),
+        ("ctrl_alt_del_reboots", ctrl_alt_del_reboots),
+        (
+            "tampered_image_stops_the_boot",
+            tampered_image_stops_the_boot,
+        ),
+        ("uefi_boot_from_usb_image", uefi_boot_from_usb_image),
+        ("pxe_boot", pxe_boot),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let t = Instant::now();
+        match case() {
+            Ok(()) => {
+                passed += 1;
+                println!("e2e {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "e2e {name} ... FAILED ({:.1} s)\n{e}\n",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
