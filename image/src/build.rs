@@ -184,7 +184,7 @@ pub fn build(inp: &Inputs) -> Result<()> {
     let cmdline_file = work.join("cmdline");
     std::fs::write(&cmdline_file, &cmdline)?;
     let efi = inp.out.join("zeronode.efi");
-    uki::build(&efi, &osrel, &cmdline_file, &k.vmlinuz(), &initramfs)?;
+    uki::build(&efi, &osrel, &cmdline_file, &k.vmlinuz(), &initramfs, epoch)?;
     let efi_bytes = std::fs::read(&efi)?;
     tracing::info!("zeronode.efi: {}", size(efi_bytes.len() as u64));
     let seed = blake3::hash(&efi_bytes);

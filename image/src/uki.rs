@@ -45,8 +45,15 @@ fn stub_layout(stub: &[u8]) -> Result<(u64, u64, u64)> {
     Ok((image_base, align.max(4096), end))
 }
 
-/// Writes `out` from the stub plus the given files.
-pub fn build(out: &Path, osrel: &Path, cmdline: &Path, kernel: &Path, initrd: &Path) -> Result<()> {
+/// Writes `out` from the stub plus the given files, stamped with `epoch`.
+pub fn build(
+    out: &Path,
+    osrel: &Path,
+    cmdline: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    epoch: u32,
+) -> Result<()> {
     let stub = std::fs::read(STUB)
         .with_context(|| format!("reading {STUB} (Debian package systemd-boot-efi)"))?;
     let (base, align, mut next) = stub_layout(&stub)?;
@@ -68,5 +75,65 @@ pub fn build(out: &Path, osrel: &Path, cmdline: &Path, kernel: &Path, initrd: &P
         next += len;
     }
     cmd.arg(STUB).arg(out);
-    run(&mut cmd)
+    run(&mut cmd)?;
+    let mut image = std::fs::read(out).with_context(|| format!("reading {}", out.display()))?;
+    set_timestamp(&mut image, epoch)?;
+    std::fs::write(out, image).with_context(|| format!("writing {}", out.display()))
+}
+
+/// objcopy stamps PE files with the current time (and ignores
+/// SOURCE_DATE_EPOCH): put the build's time there and fix the checksum.
+pub fn set_timestamp(image: &mut [u8], epoch: u32) -> Result<()> {
+    let pe = image
+        .get(0x3c..0x40)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .context("PE: no DOS header")?;
+    let stamp = pe + 8;
+    let checksum = pe + 4 + 20 + 64;
+    if image.len() < checksum + 4 || image.get(pe..pe + 4) != Some(b"PE\0\0") {
+        bail!("PE: headers cut short");
+    }
+    image[stamp..stamp + 4].copy_from_slice(&epoch.to_le_bytes());
+    image[checksum..checksum + 4].fill(0);
+    let sum = pe_checksum(image, checksum);
+    image[checksum..checksum + 4].copy_from_slice(&sum.to_le_bytes());
+    Ok(())
+}
+
+/// The PE checksum: 16-bit one's-complement-style sum of the file (the
+/// checksum field counted as zero), plus the file's length.
+fn pe_checksum(image: &[u8], field: usize) -> u32 {
+    let mut sum: u64 = 0;
+    for (i, chunk) in image.chunks(2).enumerate() {
+        if i * 2 >= field && i * 2 < field + 4 {
+            continue;
+        }
+        let word = u16::from_le_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]) as u64;
+        sum += word;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum as u32).wrapping_add(image.len() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stub_layout_and_timestamp() {
+        let Ok(stub) = std::fs::read(STUB) else {
+            panic!("{STUB} missing: install systemd-boot-efi");
+        };
+        let (_base, align, end) = stub_layout(&stub).unwrap();
+        assert!(align >= 4096 && end > 0);
+        let mut a = stub.clone();
+        set_timestamp(&mut a, 1_700_000_000).unwrap();
+        let mut b = stub.clone();
+        set_timestamp(&mut b, 1_700_000_000).unwrap();
+        assert_eq!(a, b);
+        let pe = u32::from_le_bytes(a[0x3c..0x40].try_into().unwrap()) as usize;
+        assert_eq!(&a[pe + 8..pe + 12], &1_700_000_000u32.to_le_bytes());
+        assert!(set_timestamp(&mut [0u8; 16], 0).is_err());
+    }
 }
