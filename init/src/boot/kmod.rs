@@ -4,7 +4,7 @@
 //! Coldplug runs in rounds because loading a bus driver makes new devices
 //! appear (virtio_pci brings the virtio devices whose drivers load next).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -324,8 +324,6 @@ pub struct LoadReport {
 pub struct Loader {
     pub index: ModuleIndex,
     loaded: HashSet<String>,
-    /// Modules whose soft dependencies were tried already (stops recursion).
-    soft_loading: HashSet<String>,
 }
 
 impl Loader {
@@ -338,77 +336,159 @@ impl Loader {
                     .collect()
             })
             .unwrap_or_default();
-        Loader {
-            index,
-            loaded,
-            soft_loading: HashSet::new(),
-        }
+        Loader { index, loaded }
     }
 
-    /// Loads one module and its dependencies; a module already in the kernel
-    /// (or built in) is a success.
+    fn present(&self, name: &str) -> bool {
+        self.loaded.contains(name) || self.index.is_builtin(name)
+    }
+
+    /// Loads one module and what it depends on.
     pub fn load(&mut self, name: &str, report: &mut LoadReport) {
-        let order = match self.index.load_order(name, &self.loaded) {
-            Ok(order) => order,
-            Err(e) => {
-                report.failed.push((canonical(name), e.to_string()));
-                return;
+        self.load_many(vec![canonical(name)], report);
+    }
+
+    /// Loads modules and their dependencies, in waves: each wave holds every
+    /// module whose dependencies are in, loaded on all CPUs at once (module
+    /// loading is mostly signature checks and relocation, and under
+    /// emulation it is the longest part of the boot). A module already in
+    /// the kernel, or built in, is a success. Soft dependencies go first but
+    /// their failure stops nothing.
+    pub fn load_many(&mut self, roots: Vec<String>, report: &mut LoadReport) {
+        // name -> (file, hard dependencies, soft dependencies)
+        let mut plan: BTreeMap<String, (PathBuf, Vec<String>, Vec<String>)> = BTreeMap::new();
+        let mut failed: HashSet<String> = HashSet::new();
+        let mut stack = roots;
+        while let Some(m) = stack.pop() {
+            if self.present(&m) || plan.contains_key(&m) || failed.contains(&m) {
+                continue;
             }
-        };
-        for path in order {
-            let module = name_of(&path.to_string_lossy());
-            // Soft dependencies are best effort: a CPU-specific crc32c may
-            // refuse this machine while the generic one loads.
-            if self.soft_loading.insert(module.clone()) {
-                for pre in self.index.soft_dependencies(&module) {
-                    if !self.loaded.contains(&pre) {
-                        self.load(&pre, report);
+            let Some((path, deps)) = self.index.modules.get(&m) else {
+                report
+                    .failed
+                    .push((m.clone(), KmodError::Unknown(m.clone()).to_string()));
+                failed.insert(m);
+                continue;
+            };
+            let soft = self.index.soft_dependencies(&m);
+            stack.extend(deps.iter().cloned());
+            stack.extend(soft.iter().cloned());
+            plan.insert(m, (self.index.dir.join(path), deps.clone(), soft));
+        }
+        while !plan.is_empty() {
+            let settled = |d: &String| self.present(d) || failed.contains(d);
+            let wave: Vec<String> = plan
+                .iter()
+                .filter(|(_, (_, hard, soft))| hard.iter().chain(soft).all(settled))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if wave.is_empty() {
+                // Only a dependency cycle in modules.dep could leave us here.
+                for (m, _) in std::mem::take(&mut plan) {
+                    report
+                        .failed
+                        .push((m, "circular module dependencies".into()));
+                }
+                break;
+            }
+            let mut to_load = Vec::new();
+            for m in wave {
+                let Some((path, hard, _)) = plan.remove(&m) else {
+                    continue;
+                };
+                match hard.iter().find(|d| failed.contains(*d)) {
+                    Some(d) => {
+                        report
+                            .failed
+                            .push((m.clone(), format!("needs {d}, which did not load")));
+                        failed.insert(m);
+                    }
+                    None => to_load.push((m, path)),
+                }
+            }
+            for ((m, _), result) in to_load.iter().zip(finit_parallel(&to_load)) {
+                match result {
+                    Ok(()) => {
+                        report.loaded.push(m.clone());
+                        self.loaded.insert(m.clone());
+                    }
+                    Err(KmodError::Load {
+                        source: nix::Error::ENODEV,
+                        ..
+                    }) => {
+                        report.not_applicable.push(m.clone());
+                        failed.insert(m.clone());
+                    }
+                    Err(e) => {
+                        report.failed.push((m.clone(), e.to_string()));
+                        failed.insert(m.clone());
                     }
                 }
             }
-            match finit(&path) {
-                Ok(()) => report.loaded.push(module.clone()),
-                Err(KmodError::Load {
-                    source: nix::Error::ENODEV,
-                    ..
-                }) => {
-                    report.not_applicable.push(module);
-                    return;
-                }
-                Err(e) => {
-                    report.failed.push((module, e.to_string()));
-                    // Its dependents cannot load either; say so once, here.
-                    return;
-                }
-            }
-            self.loaded.insert(module);
         }
     }
 
-    /// Loads the drivers of every device in /sys that wants one, in rounds
-    /// until no new device shows up.
-    pub fn coldplug(&mut self, sys_devices: &Path) -> LoadReport {
+    /// Loads `fixed` and the drivers of every device in /sys that wants
+    /// one, in rounds until no new device shows up.
+    pub fn coldplug(&mut self, sys: &Path, fixed: &[String]) -> LoadReport {
         let mut report = LoadReport::default();
         let mut seen_aliases = HashSet::new();
+        let mut wanted = fixed.to_vec();
         for _round in 0..8 {
-            let mut wanted = Vec::new();
-            for alias in modaliases(sys_devices) {
+            for alias in modaliases(sys) {
                 if seen_aliases.insert(alias.clone()) {
                     wanted.extend(self.index.lookup_alias(&alias));
                 }
             }
             wanted.sort();
             wanted.dedup();
-            wanted.retain(|m| !self.loaded.contains(m) && !self.index.is_builtin(m));
+            wanted.retain(|m| !self.present(m));
             if wanted.is_empty() {
                 break;
             }
-            for m in wanted {
-                self.load(&m, &mut report);
-            }
+            self.load_many(std::mem::take(&mut wanted), &mut report);
         }
         report
     }
+}
+
+/// finit_module on every file, spread over the CPUs; results in order.
+fn finit_parallel(modules: &[(String, PathBuf)]) -> Vec<Result<(), KmodError>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(modules.len());
+    if workers <= 1 {
+        return modules.iter().map(|(_, p)| finit(p)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<(), KmodError>>> = modules.iter().map(|_| None).collect();
+    let done = std::sync::Mutex::new(&mut results);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((_, path)) = modules.get(i) else {
+                    return;
+                };
+                let r = finit(path);
+                if let Ok(mut slots) = done.lock() {
+                    slots[i] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .zip(modules)
+        .map(|(r, (_, p))| {
+            r.unwrap_or_else(|| {
+                Err(KmodError::Open {
+                    path: p.clone(),
+                    source: io::Error::other("loader thread failed"),
+                })
+            })
+        })
+        .collect()
 }
 
 fn finit(path: &Path) -> Result<(), KmodError> {
@@ -426,21 +506,35 @@ fn finit(path: &Path) -> Result<(), KmodError> {
     }
 }
 
-/// Every `modalias` under /sys/devices, read without following symlinks (the
-/// tree has cycles through them).
-pub fn modaliases(root: &Path) -> Vec<String> {
+/// Every device's `modalias`, found through the flat lists the kernel
+/// keeps (`/sys/bus/*/devices/*` and `/sys/class/*/*`, symlinks to the
+/// devices) rather than a walk of the whole /sys/devices tree: a few hundred
+/// reads instead of thousands, which shows under emulation.
+pub fn modaliases(sys: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+    // The CPU features (kvm_intel, crc32c_intel, aesni...) hang off the cpu
+    // subsystem's root, which is on no list.
+    if let Ok(text) = std::fs::read_to_string(sys.join("devices/system/cpu/modalias")) {
+        out.push(text.trim().to_string());
+    }
+    let groups = [
+        (sys.join("bus"), Some("devices")),
+        (sys.join("class"), None),
+    ];
+    for (top, sub) in groups {
+        let Ok(kinds) = std::fs::read_dir(&top) else {
             continue;
         };
-        for entry in entries.flatten() {
-            let Ok(ft) = entry.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(entry.path());
-            } else if ft.is_file() && entry.file_name() == "modalias" {
-                if let Ok(text) = std::fs::read_to_string(entry.path()) {
+        for kind in kinds.flatten() {
+            let dir = match sub {
+                Some(s) => kind.path().join(s),
+                None => kind.path(),
+            };
+            let Ok(devices) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for dev in devices.flatten() {
+                if let Ok(text) = std::fs::read_to_string(dev.path().join("modalias")) {
                     let alias = text.trim();
                     if !alias.is_empty() {
                         out.push(alias.to_string());
@@ -659,18 +753,91 @@ mod tests {
     }
 
     #[test]
-    fn modaliases_are_found_without_following_links() {
-        let dir = tempfile::tempdir().unwrap();
-        let dev = dir.path().join("pci0000:00/0000:00:03.0");
+    fn a_failed_module_fails_its_dependents_and_nothing_else() {
+        let dir = fixture();
+        // The fixture's .ko files do not exist: the kernel is never asked.
+        let mut loader = Loader {
+            index: ModuleIndex::load(dir.path()).unwrap(),
+            loaded: HashSet::new(),
+        };
+        let mut report = LoadReport::default();
+        loader.load_many(
+            vec!["virtio_net".into(), "ext4".into(), "ghost".into()],
+            &mut report,
+        );
+        let mut failed: Vec<(String, String)> = report.failed.clone();
+        failed.sort();
+        assert!(report.loaded.is_empty());
+        assert_eq!(failed.len(), 4, "{failed:?}");
+        assert!(
+            failed[0].0 == "failover" && failed[0].1.contains("cannot open"),
+            "{failed:?}"
+        );
+        assert_eq!(
+            failed[1],
+            (
+                "ghost".into(),
+                "module \"ghost\" is not in modules.dep".into()
+            )
+        );
+        assert_eq!(
+            failed[2],
+            (
+                "net_failover".into(),
+                "needs failover, which did not load".into()
+            )
+        );
+        assert_eq!(
+            failed[3],
+            (
+                "virtio_net".into(),
+                "needs net_failover, which did not load".into()
+            )
+        );
+    }
+
+    #[test]
+    fn modaliases_come_from_bus_and_class_lists() {
+        let sys = tempfile::tempdir().unwrap();
+        let dev = sys.path().join("devices/pci0000:00/0000:00:03.0");
         std::fs::create_dir_all(dev.join("virtio0")).unwrap();
+        std::fs::create_dir_all(sys.path().join("devices/virtual/input/input2")).unwrap();
         std::fs::write(dev.join("modalias"), "pci:v00001AF4d00001000\n").unwrap();
         std::fs::write(dev.join("virtio0/modalias"), "virtio:d00000001v00001AF4\n").unwrap();
-        std::os::unix::fs::symlink(dir.path(), dev.join("virtio0/subsystem")).unwrap();
-        let mut found = modaliases(dir.path());
+        std::fs::write(
+            sys.path().join("devices/virtual/input/input2/modalias"),
+            "input:b0019v0000\n",
+        )
+        .unwrap();
+        for (list, target) in [
+            ("bus/pci/devices/0000:00:03.0", dev.clone()),
+            ("bus/virtio/devices/virtio0", dev.join("virtio0")),
+            (
+                "class/input/input2",
+                sys.path().join("devices/virtual/input/input2"),
+            ),
+            ("class/net/lo", sys.path().join("devices/virtual/net/lo")),
+        ] {
+            let link = sys.path().join(list);
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, link).unwrap();
+        }
+        std::fs::create_dir_all(sys.path().join("devices/system/cpu")).unwrap();
+        std::fs::write(
+            sys.path().join("devices/system/cpu/modalias"),
+            "cpu:type:x86,ven0000\n",
+        )
+        .unwrap();
+        let mut found = modaliases(sys.path());
         found.sort();
         assert_eq!(
             found,
-            ["pci:v00001AF4d00001000", "virtio:d00000001v00001AF4"]
+            [
+                "cpu:type:x86,ven0000",
+                "input:b0019v0000",
+                "pci:v00001AF4d00001000",
+                "virtio:d00000001v00001AF4"
+            ]
         );
     }
 

@@ -118,16 +118,11 @@ fn load_modules() {
         Ok(i) => i,
         Err(e) => return tracing::warn!("no kernel modules loaded: {e}"),
     };
+    let t = std::time::Instant::now();
     let mut loader = kmod::Loader::new(index);
-    let mut report = kmod::LoadReport::default();
     let list = std::fs::read_to_string("/etc/zeronode/modules-load").unwrap_or_default();
-    for m in kmod::parse_load_list(&list) {
-        loader.load(&m, &mut report);
-    }
-    let hot = loader.coldplug(Path::new("/sys/devices"));
-    report.loaded.extend(hot.loaded);
-    report.failed.extend(hot.failed);
-    report.not_applicable.extend(hot.not_applicable);
+    let report = loader.coldplug(Path::new("/sys"), &kmod::parse_load_list(&list));
+    tracing::debug!("kernel modules loaded in {} ms", t.elapsed().as_millis());
     tracing::info!(
         "kernel modules: {} loaded, {} failed, {} not for this hardware",
         report.loaded.len(),

@@ -92,10 +92,13 @@ pub fn verify(path: &Path, cfg: &BootConfig) -> Result<(), RootError> {
 /// Verifies and mounts the system image, switches root into it and execs
 /// its /sbin/init. Returns only on failure.
 pub fn enter_system_image(cfg: &BootConfig) -> RootError {
-    match prepare()
+    let t = std::time::Instant::now();
+    let steps = prepare()
+        .inspect(|()| tracing::debug!("stage 1 modules in {} ms", t.elapsed().as_millis()))
         .and_then(|()| verify(Path::new(SYSTEM_IMAGE), cfg))
-        .and_then(|()| switch())
-    {
+        .inspect(|()| tracing::debug!("system image verified after {} ms", t.elapsed().as_millis()))
+        .and_then(|()| switch());
+    match steps {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -107,9 +110,7 @@ fn prepare() -> Result<(), RootError> {
     let mut loader = kmod::Loader::new(kmod::ModuleIndex::load(&dir)?);
     let list = std::fs::read_to_string("/etc/zeronode/modules-load").unwrap_or_default();
     let mut report = kmod::LoadReport::default();
-    for m in kmod::parse_load_list(&list) {
-        loader.load(&m, &mut report);
-    }
+    loader.load_many(kmod::parse_load_list(&list), &mut report);
     match report.failed.into_iter().next() {
         Some((module, reason)) => Err(RootError::ModuleLoad { module, reason }),
         None => Ok(()),

@@ -1,0 +1,112 @@
+//! Boot figures under QEMU TCG: guest ms from kernel start to
+//! `zeronode: ready` for each boot path, beside a trivial /init (prints, powers
+//! off) on the same kernel and QEMU settings; wall time from QEMU start; the
+//! size of every artifact. Run by scripts/bench; `ZN_BOOT_RUNS` sets the runs.
+
+use std::time::{Duration, Instant};
+
+use zeronode_e2e::image_dir;
+use zeronode_qemu::{Boot, Node, NodeOptions};
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Sample {
+    guest_ms: u64,
+    wall_ms: u64,
+}
+
+fn one(opts: &NodeOptions, baseline: bool) -> Result<Sample, String> {
+    let t = Instant::now();
+    let mut node = Node::start(opts).map_err(|e| e.to_string())?;
+    let guest_ms = if baseline {
+        let line = node
+            .wait_for_line("the baseline line", TIMEOUT, |l| {
+                l.starts_with("baseline: userspace at ")
+            })
+            .map_err(|e| e.to_string())?;
+        line.trim()
+            .trim_start_matches("baseline: userspace at ")
+            .trim_end_matches(" ms")
+            .parse()
+            .map_err(|_| line.clone())?
+    } else {
+        node.wait_ready(TIMEOUT).map_err(|e| e.to_string())?
+    };
+    Ok(Sample {
+        guest_ms,
+        wall_ms: t.elapsed().as_millis() as u64,
+    })
+}
+
+fn min_med_max(mut v: Vec<u64>) -> String {
+    v.sort_unstable();
+    format!("{} / {} / {}", v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn main() {
+    let runs: usize = std::env::var("ZN_BOOT_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let image = image_dir();
+    let mut baseline = NodeOptions::new(&image, Boot::Direct);
+    baseline.initrd = Some(image.join("baseline-initramfs.img"));
+    let cases: Vec<(&str, NodeOptions, bool)> = vec![
+        ("baseline /init (direct)", baseline, true),
+        (
+            "zeronode direct",
+            NodeOptions::new(&image, Boot::Direct),
+            false,
+        ),
+        ("zeronode uefi", NodeOptions::new(&image, Boot::Uefi), false),
+        ("zeronode pxe", NodeOptions::new(&image, Boot::Pxe), false),
+    ];
+    println!("boot under QEMU TCG, {runs} runs each, min / median / max");
+    println!(
+        "{:<26} {:>24} {:>24}",
+        "path", "guest ms to user space/ready", "wall ms from QEMU start"
+    );
+    let mut medians = Vec::new();
+    for (name, opts, is_baseline) in &cases {
+        let mut guest = Vec::new();
+        let mut wall = Vec::new();
+        for _ in 0..runs {
+            match one(opts, *is_baseline) {
+                Ok(s) => {
+                    guest.push(s.guest_ms);
+                    wall.push(s.wall_ms);
+                }
+                Err(e) => {
+                    eprintln!("{name}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        let mut sorted = guest.clone();
+        sorted.sort_unstable();
+        medians.push(sorted[sorted.len() / 2]);
+        println!(
+            "{name:<26} {:>24} {:>24}",
+            min_med_max(guest),
+            min_med_max(wall)
+        );
+    }
+    println!(
+        "ZeroNode's init adds {} ms of guest time before ready (direct boot, medians; target < 1500)",
+        medians[1] as i64 - medians[0] as i64
+    );
+    println!("\nartifacts");
+    for name in [
+        "vmlinuz",
+        "initramfs.img",
+        "zeronode.efi",
+        "zeronode.img",
+        "zeronode.qcow2",
+        "baseline-initramfs.img",
+    ] {
+        let size = std::fs::metadata(image.join(name))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        println!("{name:<26} {:>8.1} MiB", size as f64 / (1024.0 * 1024.0));
+    }
+}
