@@ -1,58 +1,182 @@
 //! The whole build: from zeronode.toml and the musl binaries to every
-//! artifact in the output directory. Each step logs what it made and how big.
+//! artifact in the output directory. Each step logs what it made, how big,
+//! and how long it took. A build whose inputs all hash the same as the last
+//! one's (manifest.json's `inputs`) does nothing.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
-use anyhow::{Context, Result};
-use serde::Serialize;
-
-use crate::config::ImageConfig;
-use crate::cpio::{self, Entry, Kind};
-use crate::kernel::{self, run};
-use crate::{disk, modules, uki};
+use crate::config::{Compression, ImageConfig};
+use crate::cpio::{self, Entry};
+use crate::error::{io, run, Result};
+use crate::kernel::{self, UnpackedKernel};
+use crate::manifest::{Artifact, Manifest};
+use crate::{compress, elf, fat, gpt, kmod, squashfs, uki};
 
 pub struct Inputs {
     pub config: PathBuf,
     pub services: PathBuf,
-    /// Directory holding the static `zeronode-init` and `baseline-init`.
+    /// Directory holding the static `zeronode-init`, `znctl` and `baseline-init`.
     pub bins: PathBuf,
     pub cache: PathBuf,
     pub out: PathBuf,
+    /// Build even if the inputs are unchanged.
+    pub force: bool,
 }
 
-#[derive(Serialize)]
-struct Manifest {
-    kernel: String,
-    git_commit: String,
-    root_hash: String,
-    cmdline: String,
-    artifacts: Vec<Artifact>,
+/// The artifacts in manifest order.
+pub const ARTIFACTS: &[&str] = &[
+    "vmlinuz",
+    "initramfs.img",
+    "cmdline",
+    "boot.ipxe",
+    "zeronode.efi",
+    "zeronode.img",
+    "zeronode.qcow2",
+    "baseline-initramfs.img",
+];
+
+/// What the build is made from, read up front so it can be hashed.
+struct Sources {
+    cfg: ImageConfig,
+    config_text: Vec<u8>,
+    kernel: UnpackedKernel,
+    init: Vec<u8>,
+    znctl: Option<Vec<u8>>,
+    baseline: Vec<u8>,
+    services: Vec<(String, Vec<u8>)>,
+    debian: elf::Closure,
+    git: GitInfo,
+    epoch: u64,
 }
 
-#[derive(Serialize)]
-struct Artifact {
-    name: String,
-    size: u64,
-    blake3: String,
-}
-
-pub fn build(inp: &Inputs) -> Result<()> {
+pub fn build(inp: &Inputs) -> Result<Manifest> {
+    let started = Instant::now();
     let cfg = ImageConfig::load(&inp.config)?;
-    let (commit, epoch) = git_commit();
-    let work = inp.out.join("build");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    std::fs::create_dir_all(&inp.out)?;
+    let config_text = std::fs::read(&inp.config).map_err(io("reading", &inp.config))?;
+    let git = git_info(inp.config.parent().unwrap_or(Path::new(".")));
+    let epoch = source_date_epoch(&git);
+    tracing::info!(
+        "ZeroNode {} at {}, timestamps {epoch}",
+        cfg.release.version,
+        git.describe()
+    );
 
-    let k = kernel::fetch(&cfg.kernel, &inp.cache)?;
-    tracing::info!("kernel {} ready", k.release);
+    let kernel = kernel::fetch(&cfg.kernel, &inp.cache)?;
+    let init = read(&inp.bins.join("zeronode-init"))?;
+    let znctl = std::fs::read(inp.bins.join("znctl")).ok();
+    if znctl.is_none() {
+        tracing::warn!(
+            "{}: not built, not shipped",
+            inp.bins.join("znctl").display()
+        );
+    }
+    let baseline = read(&inp.bins.join("baseline-init"))?;
+    let services = service_files(&inp.services)?;
+    let debian = elf::closure(Path::new("/"), &cfg.system.binaries)?;
+    let src = Sources {
+        cfg,
+        config_text,
+        kernel,
+        init,
+        znctl,
+        baseline,
+        services,
+        debian,
+        git,
+        epoch,
+    };
 
-    // The system tree, then its squashfs.
+    let inputs = inputs_digest(&src)?;
+    if !inp.force {
+        if let Some(m) = Manifest::read(&inp.out) {
+            if m.inputs == inputs && m.artifacts.len() == ARTIFACTS.len() && m.intact(&inp.out) {
+                tracing::info!(
+                    "up to date: inputs unchanged ({}), artifacts intact in {}",
+                    &inputs[..16],
+                    inp.out.display()
+                );
+                return Ok(m);
+            }
+        }
+    }
+    std::fs::create_dir_all(&inp.out).map_err(io("creating", &inp.out))?;
+    // Stale outputs must not pass for new ones if this build fails.
+    let _ = std::fs::remove_file(inp.out.join("manifest.json"));
+    let work = inp.out.join(".build");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).map_err(io("removing", &work))?;
+    }
+    std::fs::create_dir_all(&work).map_err(io("creating", &work))?;
+
+    let root_hash = step("system image", || system_image(&src, inp, &work))?;
+    let initramfs = inp.out.join("initramfs.img");
+    step("initramfs", || initramfs_image(&src, &work, &initramfs))?;
+
+    let cmdline = std::iter::once("console=ttyS0,115200".to_string())
+        .chain(std::iter::once(format!("zeronode.root_hash={root_hash}")))
+        .chain(src.cfg.cmdline.extra.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    write(&inp.out.join("cmdline"), format!("{cmdline}\n").as_bytes())?;
+    let vmlinuz = inp.out.join("vmlinuz");
+    std::fs::copy(src.kernel.vmlinuz(), &vmlinuz).map_err(io("copying", src.kernel.vmlinuz()))?;
+    write(
+        &inp.out.join("boot.ipxe"),
+        format!(
+            "#!ipxe\necho {} {}: loading kernel and initramfs\nkernel vmlinuz {cmdline}\ninitrd initramfs.img\nboot\n",
+            src.cfg.release.name, src.cfg.release.version
+        )
+        .as_bytes(),
+    )?;
+
+    step("UEFI images", || {
+        uefi_images(&src, &work, &inp.out, &cmdline)
+    })?;
+    step("baseline initramfs", || {
+        let entries = vec![
+            Entry::dir("dev"),
+            Entry::char_dev("dev/console", 0o600, 5, 1),
+            Entry::file("init", 0o755, src.baseline.clone()),
+        ];
+        write_cpio(&inp.out.join("baseline-initramfs.img"), &entries, &src)
+    })?;
+
+    let mut artifacts = Vec::new();
+    for name in ARTIFACTS {
+        let a = Artifact::of(&inp.out, name)?;
+        tracing::info!("  {name:<24} {:>10}  {}", size(a.size), &a.blake3[..16]);
+        artifacts.push(a);
+    }
+    let manifest = Manifest {
+        name: src.cfg.release.name.clone(),
+        version: src.cfg.release.version.clone(),
+        kernel: src.kernel.release.clone(),
+        kernel_package: format!("{}={}", src.cfg.kernel.package, src.cfg.kernel.version),
+        git_commit: src.git.describe(),
+        source_date_epoch: src.epoch,
+        root_hash,
+        cmdline,
+        initramfs_compression: format!("{:?}", src.cfg.initramfs.compression).to_lowercase(),
+        inputs,
+        artifacts,
+    };
+    manifest.write(&inp.out)?;
+    std::fs::remove_dir_all(&work).map_err(io("removing", &work))?;
+    tracing::info!(
+        "artifacts in {} ({:.1} s)",
+        inp.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(manifest)
+}
+
+/// Stages the system tree and makes system.img; returns its blake3 hex.
+fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<String> {
     let sys = work.join("system");
-    let n = modules::stage(&k, &cfg.system.modules, &sys)?;
-    tracing::info!("system image: {n} kernel modules");
+    let modules = kmod::stage(&src.kernel, &src.cfg.system.modules, &sys)?;
+    tracing::info!("  {} kernel modules with their dependencies", modules.len());
     for d in [
         "proc",
         "sys",
@@ -66,77 +190,82 @@ pub fn build(inp: &Inputs) -> Result<()> {
         "usr/bin",
         "etc/zeronode/services",
     ] {
-        std::fs::create_dir_all(sys.join(d))?;
+        std::fs::create_dir_all(sys.join(d)).map_err(io("creating", sys.join(d)))?;
     }
-    copy_exec(
-        &inp.bins.join("zeronode-init"),
-        &sys.join("usr/bin/zeronode-init"),
-    )?;
-    std::os::unix::fs::symlink("../usr/bin/zeronode-init", sys.join("sbin/init"))?;
+    write(&sys.join("usr/bin/zeronode-init"), &src.init)?;
+    make_executable(&sys.join("usr/bin/zeronode-init"))?;
+    if let Some(znctl) = &src.znctl {
+        write(&sys.join("usr/bin/znctl"), znctl)?;
+        make_executable(&sys.join("usr/bin/znctl"))?;
+    }
+    symlink("../usr/bin/zeronode-init", &sys.join("sbin/init"))?;
     // The kernel's request_module() runs /sbin/modprobe; PID 1's binary answers.
-    std::os::unix::fs::symlink("../usr/bin/zeronode-init", sys.join("sbin/modprobe"))?;
+    symlink("../usr/bin/zeronode-init", &sys.join("sbin/modprobe"))?;
     let etc = sys.join("etc");
-    std::fs::write(etc.join("zeronode/modules-load"), lines(&cfg.system.load))?;
-    std::fs::write(
-        etc.join("zeronode/release"),
-        format!(
-            "NAME=ZeroNode\nVERSION={}\nGIT_COMMIT={commit}\nKERNEL={}\n",
-            env!("CARGO_PKG_VERSION"),
-            k.release
-        ),
+    write(
+        &etc.join("zeronode/modules-load"),
+        lines(&src.cfg.system.load).as_bytes(),
     )?;
-    std::fs::write(etc.join("hostname"), "zeronode\n")?;
-    std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n")?;
-    std::fs::write(etc.join("group"), "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n")?;
-    let mut services = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&inp.services) {
-        for e in entries
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
-        {
-            std::fs::copy(e.path(), etc.join("zeronode/services").join(e.file_name()))?;
-            services.push(e.file_name().to_string_lossy().into_owned());
-        }
+    write(
+        &etc.join("zeronode/release"),
+        format!(
+            "NAME={}\nVERSION={}\nGIT_COMMIT={}\nKERNEL={}\n",
+            src.cfg.release.name,
+            src.cfg.release.version,
+            src.git.describe(),
+            src.kernel.release
+        )
+        .as_bytes(),
+    )?;
+    write(&etc.join("hostname"), b"zeronode\n")?;
+    write(
+        &etc.join("passwd"),
+        b"root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n",
+    )?;
+    write(
+        &etc.join("group"),
+        b"root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+    )?;
+    for (name, body) in &src.services {
+        write(&etc.join("zeronode/services").join(name), body)?;
     }
-    services.sort();
+    let names: Vec<&str> = src.services.iter().map(|(n, _)| n.as_str()).collect();
     tracing::info!(
-        "services: {}",
-        if services.is_empty() {
+        "  services from {}: {}",
+        inp.services.display(),
+        if names.is_empty() {
             "none".into()
         } else {
-            services.join(" ")
+            names.join(" ")
         }
     );
-    normalize_modes(&sys)?;
-    let system_img = work.join("system.img");
-    run(Command::new("mksquashfs")
-        .arg(&sys)
-        .arg(&system_img)
-        .args([
-            "-noappend",
-            "-all-root",
-            "-no-xattrs",
-            "-comp",
-            "zstd",
-            "-quiet",
-            "-no-progress",
-        ])
-        .args([
-            "-mkfs-time",
-            &epoch.to_string(),
-            "-all-time",
-            &epoch.to_string(),
-        ]))?;
-    let system_bytes = std::fs::read(&system_img)?;
-    let root_hash = blake3::hash(&system_bytes).to_hex().to_string();
-    tracing::info!(
-        "system.img: {} (blake3 {root_hash})",
-        size(system_bytes.len() as u64)
-    );
+    if !src.debian.is_empty() {
+        elf::install(&src.debian, &sys)?;
+        tracing::info!(
+            "  {} Debian binaries, {} files with their libraries",
+            src.cfg.system.binaries.len(),
+            src.debian.len()
+        );
+    }
+    let image = work.join("system.img");
+    squashfs::make(&sys, &image, src.cfg.system.compression, src.epoch)?;
+    let file = std::fs::File::open(&image).map_err(io("opening", &image))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(file).map_err(io("hashing", &image))?;
+    let hash = hasher.finalize().to_hex().to_string();
+    let len = std::fs::metadata(&image)
+        .map_err(io("reading", &image))?
+        .len();
+    tracing::info!("  system.img {} blake3 {hash}", size(len));
+    Ok(hash)
+}
 
-    // The initramfs: stage 1 and the image it verifies.
-    let ird = work.join("initramfs");
-    modules::stage(&k, &cfg.initramfs.modules, &ird)?;
+/// Stage 1: PID 1, /dev/console, the modules to mount the system image,
+/// and the image itself.
+fn initramfs_image(src: &Sources, work: &Path, out: &Path) -> Result<()> {
+    let stage1 = work.join("initramfs");
+    kmod::stage(&src.kernel, &src.cfg.initramfs.modules, &stage1)?;
+    let image = work.join("system.img");
     let mut entries = vec![
         Entry::dir("dev"),
         Entry::char_dev("dev/console", 0o600, 5, 1),
@@ -149,96 +278,159 @@ pub fn build(inp: &Inputs) -> Result<()> {
         Entry::file(
             "etc/zeronode/modules-load",
             0o644,
-            lines(&cfg.initramfs.modules).into_bytes(),
+            lines(&src.cfg.initramfs.modules).into_bytes(),
         ),
-        Entry::file("init", 0o755, read(&inp.bins.join("zeronode-init"))?),
-        Entry::file("system.img", 0o444, system_bytes),
+        Entry::file("init", 0o755, src.init.clone()),
+        Entry::file("system.img", 0o444, read(&image)?),
     ];
-    tree_entries(&ird, &ird, &mut entries)?;
-    // Uncompressed: the bulk is the squashfs, compressed already; the kernel
-    // unpacks a plain cpio fastest.
-    let initramfs = inp.out.join("initramfs.img");
-    write_cpio(&initramfs, &entries, epoch)?;
+    entries.extend(cpio::tree_entries(&stage1)?);
+    write_cpio(out, &entries, src)
+}
 
-    let cmdline = std::iter::once("console=ttyS0,115200".to_string())
-        .chain(std::iter::once(format!("zeronode.root_hash={root_hash}")))
-        .chain(cfg.cmdline.extra.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    std::fs::write(inp.out.join("cmdline"), format!("{cmdline}\n"))?;
-    std::fs::copy(k.vmlinuz(), inp.out.join("vmlinuz"))?;
-    std::fs::write(
-        inp.out.join("boot.ipxe"),
-        format!("#!ipxe\necho ZeroNode: loading kernel and initramfs\nkernel vmlinuz {cmdline}\ninitrd initramfs.img\nboot\n"),
-    )?;
-
-    // UEFI: the unified kernel image, and a USB stick image around it.
+/// The UKI, the USB stick image around it, and its qcow2.
+fn uefi_images(src: &Sources, work: &Path, out: &Path, cmdline: &str) -> Result<()> {
     let osrel = work.join("os-release");
-    std::fs::write(
+    write(
         &osrel,
         format!(
-            "NAME=ZeroNode\nID=zeronode\nVERSION_ID={}\nBUILD_ID={commit}\n",
-            env!("CARGO_PKG_VERSION")
-        ),
+            "NAME={}\nID=zeronode\nVERSION_ID={}\nBUILD_ID={}\n",
+            src.cfg.release.name,
+            src.cfg.release.version,
+            src.git.describe()
+        )
+        .as_bytes(),
     )?;
     let cmdline_file = work.join("cmdline");
-    std::fs::write(&cmdline_file, &cmdline)?;
-    let efi = inp.out.join("zeronode.efi");
-    uki::build(&efi, &osrel, &cmdline_file, &k.vmlinuz(), &initramfs, epoch)?;
-    let efi_bytes = std::fs::read(&efi)?;
-    tracing::info!("zeronode.efi: {}", size(efi_bytes.len() as u64));
+    write(&cmdline_file, cmdline.as_bytes())?;
+    let efi = out.join("zeronode.efi");
+    uki::build(
+        &efi,
+        &osrel,
+        &cmdline_file,
+        &src.kernel.vmlinuz(),
+        &out.join("initramfs.img"),
+        u32::try_from(src.epoch).unwrap_or(u32::MAX),
+    )?;
+    let efi_bytes = read(&efi)?;
+    tracing::info!("  zeronode.efi {}", size(efi_bytes.len() as u64));
     let seed = blake3::hash(&efi_bytes);
-    let volume_id = u32::from_le_bytes(seed.as_bytes()[..4].try_into().unwrap_or_default());
-    let esp = disk::fat_image(&[("EFI/BOOT/BOOTX64.EFI", &efi_bytes)], volume_id)?;
-    let img = inp.out.join("zeronode.img");
-    std::fs::write(&img, disk::gpt_disk(&esp, seed.as_bytes()))?;
-    let qcow2 = inp.out.join("zeronode.qcow2");
-    let _ = std::fs::remove_file(&qcow2);
+    let [a, b, c, d, ..] = *seed.as_bytes();
+    let esp = fat::image(
+        &[("EFI/BOOT/BOOTX64.EFI", &efi_bytes)],
+        u32::from_le_bytes([a, b, c, d]),
+    )?;
+    let img = out.join("zeronode.img");
+    write(&img, &gpt::disk(&esp, seed.as_bytes()))?;
+    let qcow2 = out.join("zeronode.qcow2");
+    if qcow2.exists() {
+        std::fs::remove_file(&qcow2).map_err(io("removing", &qcow2))?;
+    }
     run(Command::new("qemu-img")
         .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
         .arg(&img)
-        .arg(&qcow2))?;
+        .arg(&qcow2))
+}
 
-    // The trivial /init that the boot benchmark measures ours against.
-    let baseline = vec![
-        Entry::dir("dev"),
-        Entry::char_dev("dev/console", 0o600, 5, 1),
-        Entry::file("init", 0o755, read(&inp.bins.join("baseline-init"))?),
-    ];
-    write_cpio(&inp.out.join("baseline-initramfs.img"), &baseline, epoch)?;
+/// Runs one build step, logging its duration.
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    tracing::info!("{name}...");
+    let t = Instant::now();
+    let r = f()?;
+    tracing::info!("{name}: done in {:.1} s", t.elapsed().as_secs_f64());
+    Ok(r)
+}
 
-    let mut artifacts = Vec::new();
-    for name in [
-        "vmlinuz",
-        "initramfs.img",
-        "zeronode.efi",
-        "zeronode.img",
-        "zeronode.qcow2",
-        "boot.ipxe",
-        "cmdline",
-        "baseline-initramfs.img",
-    ] {
-        let bytes = read(&inp.out.join(name))?;
-        artifacts.push(Artifact {
-            name: name.into(),
-            size: bytes.len() as u64,
-            blake3: blake3::hash(&bytes).to_hex().to_string(),
-        });
-        tracing::info!("{name}: {}", size(bytes.len() as u64));
-    }
-    let manifest = Manifest {
-        kernel: k.release.clone(),
-        git_commit: commit,
-        root_hash,
-        cmdline,
-        artifacts,
+/// blake3 over everything that decides the artifacts' bytes, the builder
+/// itself included (a changed builder may build differently).
+fn inputs_digest(src: &Sources) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    let mut part = |label: &str, bytes: &[u8]| {
+        h.update(label.as_bytes());
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
     };
-    std::fs::write(
-        inp.out.join("manifest.json"),
-        serde_json::to_string_pretty(&manifest)? + "\n",
-    )?;
-    std::fs::remove_dir_all(&work).ok();
-    tracing::info!("artifacts in {}", inp.out.display());
+    let exe = std::env::current_exe().map_err(io("locating", "the builder"))?;
+    part("builder", &read(&exe)?);
+    part("config", &src.config_text);
+    part("init", &src.init);
+    part("znctl", src.znctl.as_deref().unwrap_or_default());
+    part("baseline", &src.baseline);
+    for (name, body) in &src.services {
+        part(name, body);
+    }
+    part("kernel", &read(&src.kernel.deb)?);
+    part("stub", &read(Path::new(uki::STUB))?);
+    for (path, item) in &src.debian {
+        match item {
+            elf::Item::File(host) => part(path, &read(host)?),
+            elf::Item::Link(target) => part(path, target.as_bytes()),
+        }
+    }
+    // The tools that write bytes into the artifacts: a new version may
+    // write different ones.
+    for tool in [
+        &["mksquashfs", "-version"][..],
+        &["objcopy", "--version"],
+        &["depmod", "--version"],
+        &["qemu-img", "--version"],
+    ] {
+        let out = Command::new(tool[0])
+            .args(&tool[1..])
+            .output()
+            .map_err(|source| crate::Error::Spawn {
+                command: tool.join(" "),
+                source,
+            })?;
+        part(tool[0], &out.stdout);
+    }
+    part("git", src.git.describe().as_bytes());
+    part("epoch", &src.epoch.to_le_bytes());
+    Ok(h.finalize().to_hex().to_string())
+}
+
+fn service_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        // No directory: an image without services (git keeps no empty dirs).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io("listing", dir)(e)),
+    };
+    for e in entries {
+        let path = e.map_err(io("listing", dir))?.path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push((name, read(&path)?));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn write_cpio(path: &Path, entries: &[Entry], src: &Sources) -> Result<()> {
+    let mut raw = Vec::new();
+    cpio::write(
+        &mut raw,
+        entries,
+        u32::try_from(src.epoch).unwrap_or(u32::MAX),
+    )
+    .map_err(io("writing cpio", path))?;
+    let how = src.cfg.initramfs.compression;
+    let bytes = compress::compress(&raw, how).map_err(io("compressing", path))?;
+    write(path, &bytes)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    if how == Compression::None {
+        tracing::info!("  {name} {} (cpio, uncompressed)", size(raw.len() as u64));
+    } else {
+        tracing::info!(
+            "  {name} {} ({how:?} from {})",
+            size(bytes.len() as u64),
+            size(raw.len() as u64)
+        );
+    }
     Ok(())
 }
 
@@ -247,87 +439,82 @@ fn lines(items: &[String]) -> String {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    std::fs::read(path).map_err(io("reading", path))
 }
 
-fn copy_exec(from: &Path, to: &Path) -> Result<()> {
-    std::fs::copy(from, to)
-        .with_context(|| format!("copying {} (built for musl?)", from.display()))?;
-    Ok(())
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(io("writing", path))
 }
 
-fn write_cpio(path: &Path, entries: &[Entry], epoch: u32) -> Result<()> {
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-    );
-    let n = cpio::write(&mut file, entries, epoch)?;
-    std::io::Write::flush(&mut file)?;
-    tracing::info!(
-        "{}: {}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        size(n)
-    );
-    Ok(())
+fn symlink(target: &str, at: &Path) -> Result<()> {
+    std::os::unix::fs::symlink(target, at).map_err(io("creating symlink", at))
 }
 
-/// Every file and directory under `dir` as cpio entries, paths relative to `root`.
-fn tree_entries(root: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
-    for e in std::fs::read_dir(dir)?.flatten() {
-        let path = e.path();
-        let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.is_dir() {
-            out.push(Entry::dir(&rel));
-            tree_entries(root, &path, out)?;
-        } else if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path)?.to_string_lossy().into_owned();
-            out.push(Entry {
-                path: rel,
-                mode: 0o777,
-                kind: Kind::Symlink(target),
-            });
+fn make_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(io("setting the mode of", path))
+}
+
+pub struct GitInfo {
+    pub commit: String,
+    pub time: Option<u64>,
+    pub dirty: bool,
+}
+
+impl GitInfo {
+    /// The commit, with `-dirty` when the work tree has uncommitted changes.
+    pub fn describe(&self) -> String {
+        if self.dirty {
+            format!("{}-dirty", self.commit)
         } else {
-            out.push(Entry::file(&rel, 0o644, read(&path)?));
+            self.commit.clone()
         }
     }
-    Ok(())
 }
 
-/// Modes from the umask of whoever builds would make builds differ: set
-/// them. Directories 0755, executables 0755, other files 0644.
-fn normalize_modes(dir: &Path) -> Result<()> {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    for e in std::fs::read_dir(dir)?.flatten() {
-        let meta = std::fs::symlink_metadata(e.path())?;
-        if meta.is_dir() {
-            normalize_modes(&e.path())?;
-        } else if meta.is_file() {
-            let mode = if meta.permissions().mode() & 0o111 != 0 {
-                0o755
-            } else {
-                0o644
-            };
-            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode))?;
-        }
+/// The commit being built, its time, and whether the tree differs from it.
+fn git_info(dir: &Path) -> GitInfo {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let log = git(&["log", "-1", "--format=%H %ct"]);
+    let Some((commit, time)) = log.as_deref().and_then(|t| t.split_once(' ')) else {
+        return GitInfo {
+            commit: "unknown".into(),
+            time: None,
+            dirty: false,
+        };
+    };
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    GitInfo {
+        commit: commit.into(),
+        time: time.parse().ok(),
+        dirty,
     }
-    Ok(())
 }
 
-/// The commit being built and its time (the build's fixed timestamp).
-fn git_commit() -> (String, u32) {
-    let out = Command::new("git")
-        .args(["log", "-1", "--format=%H %ct"])
-        .output();
-    let text = out
+/// SOURCE_DATE_EPOCH if set, else the commit's time, else 0.
+fn source_date_epoch(git: &GitInfo) -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
         .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    match text.as_deref().and_then(|t| t.split_once(' ')) {
-        Some((h, t)) => (h.to_string(), t.parse().unwrap_or(0)),
-        None => ("unknown".into(), 0),
-    }
+        .and_then(|v| v.trim().parse().ok())
+        .or(git.time)
+        .unwrap_or(0)
 }
 
 pub fn size(n: u64) -> String {
-    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+    if n < 1 << 20 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+    }
 }

@@ -28,10 +28,18 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageConfig {
+    pub release: Release,
     pub kernel: Kernel,
     pub initramfs: Initramfs,
     pub system: System,
     pub cmdline: Cmdline,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub name: String,
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,19 +53,39 @@ pub struct Kernel {
     pub release: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SquashfsCompression {
+    Zstd,
+    Xz,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Initramfs {
     pub modules: Vec<String>,
+    pub compression: Compression,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct System {
-    /// Module names, or kernel-tree directories ending in `/`.
+    pub compression: SquashfsCompression,
+    /// Module names, or globs over modules.dep paths.
     pub modules: Vec<String>,
     /// Loaded at every boot: /etc/zeronode/modules-load.
     pub load: Vec<String>,
+    /// Absolute paths of Debian binaries on the build machine.
+    #[serde(default)]
+    pub binaries: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,11 +114,25 @@ impl ImageConfig {
             field,
             reason,
         };
+        // These reach apt-get, file names and the os-release file: no
+        // spaces, quotes or slashes.
         let safe = |s: &str| {
             !s.is_empty()
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-+.:~_".contains(&b))
         };
+        if !safe(&cfg.release.name) {
+            return Err(invalid(
+                "release.name",
+                format!("{:?}: letters, digits and -+.:~_ only", cfg.release.name),
+            ));
+        }
+        if !safe(&cfg.release.version) {
+            return Err(invalid(
+                "release.version",
+                format!("{:?}: letters, digits and -+.:~_ only", cfg.release.version),
+            ));
+        }
         if !safe(&cfg.kernel.package) || !cfg.kernel.package.starts_with("linux-image-") {
             return Err(invalid(
                 "kernel.package",
@@ -112,24 +154,59 @@ impl ImageConfig {
                 format!("{:?} is not a kernel release", cfg.kernel.release),
             ));
         }
-        for m in cfg
-            .initramfs
-            .modules
-            .iter()
-            .chain(&cfg.system.modules)
-            .chain(&cfg.system.load)
-        {
-            if m.is_empty() || m.contains("..") || m.contains(char::is_whitespace) {
+        let module_ok = |m: &String| {
+            !m.is_empty()
+                && !m.contains("..")
+                && !m.starts_with('/')
+                && !m.contains(char::is_whitespace)
+        };
+        for (field, list) in [
+            ("initramfs.modules", &cfg.initramfs.modules),
+            ("system.modules", &cfg.system.modules),
+            ("system.load", &cfg.system.load),
+        ] {
+            if let Some(m) = list.iter().find(|m| !module_ok(m)) {
                 return Err(invalid(
-                    "modules",
-                    format!("{m:?} is not a module name or kernel/ directory"),
+                    field,
+                    format!("{m:?} is not a module name or a glob under kernel/"),
                 ));
             }
         }
+        for (field, list) in [
+            ("initramfs.modules", &cfg.initramfs.modules),
+            ("system.load", &cfg.system.load),
+        ] {
+            if let Some(m) = list.iter().find(|m| m.contains(['/', '*'])) {
+                return Err(invalid(
+                    field,
+                    format!("{m:?}: module names only here, no paths or globs"),
+                ));
+            }
+        }
+        if let Some(b) = cfg
+            .system
+            .binaries
+            .iter()
+            .find(|b| !b.starts_with('/') || b.contains("..") || b.ends_with('/'))
+        {
+            return Err(invalid(
+                "system.binaries",
+                format!("{b:?} is not an absolute path to a file"),
+            ));
+        }
         if let Some(bad) = cfg.cmdline.extra.iter().find(|a| {
-            a.is_empty() || a.contains(char::is_whitespace) || a.starts_with("zeronode.root_hash")
+            a.is_empty()
+                || a.contains(char::is_whitespace)
+                || a.starts_with("zeronode.root_hash")
+                || a.starts_with("console=")
         }) {
-            return Err(invalid("cmdline.extra", format!("{bad:?}: one parameter an item, no spaces; the root hash is set by the builder")));
+            return Err(invalid(
+                "cmdline.extra",
+                format!(
+                    "{bad:?}: one parameter an item, no spaces; console= and the root hash are \
+                     set by the builder"
+                ),
+            ));
         }
         Ok(cfg)
     }
@@ -139,36 +216,68 @@ impl ImageConfig {
 mod tests {
     use super::*;
 
+    fn error_of(text: &str) -> String {
+        ImageConfig::parse(text, "zeronode.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn the_shipped_declaration_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("zeronode.toml");
         let cfg = ImageConfig::load(&path).unwrap();
         assert!(cfg.system.modules.iter().any(|m| m == "virtio_net"));
         assert!(cfg.initramfs.modules.contains(&"squashfs".to_string()));
+        assert!(cfg.system.binaries.is_empty());
+        assert_eq!(cfg.kernel.package, "linux-image-6.1.0-50-amd64");
     }
 
+    /// A small declaration the bad-input cases edit.
+    const FIXTURE: &str = r#"
+[release]
+name = "ZeroNode"
+version = "0.1.0"
+[kernel]
+package = "linux-image-6.1.0-50-amd64"
+version = "6.1.176-1"
+release = "6.1.0-50-amd64"
+[initramfs]
+modules = ["loop", "squashfs", "overlay"]
+compression = "gzip"
+[system]
+compression = "zstd"
+modules = ["virtio_net", "kernel/drivers/net/ethernet/intel/**"]
+load = ["loop"]
+binaries = []
+[cmdline]
+extra = ["loglevel=4"]
+"#;
+
     #[test]
-    fn bad_input_names_the_field() {
-        let base =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("zeronode.toml"))
-                .unwrap();
-        let bad = base.replace(
+    fn bad_input_names_the_file_and_field() {
+        let base = FIXTURE;
+        assert!(ImageConfig::parse(base, "x").is_ok());
+        let err = error_of(&base.replace(
             "package = \"linux-image-",
             "package = \"rm -rf linux-image-",
-        );
-        assert!(ImageConfig::parse(&bad, "x")
-            .unwrap_err()
-            .to_string()
-            .contains("kernel.package"));
-        let bad = base.replace("[cmdline]", "[cmdline]\nextra2 = 1");
-        assert!(ImageConfig::parse(&bad, "x")
-            .unwrap_err()
-            .to_string()
-            .contains("extra2"));
-        let bad = base.replace("extra = [\"", "extra = [\"zeronode.root_hash=00\", \"");
-        assert!(ImageConfig::parse(&bad, "x")
-            .unwrap_err()
-            .to_string()
-            .contains("cmdline.extra"));
+        ));
+        assert!(err.starts_with("zeronode.toml: kernel.package:"), "{err}");
+        let err = error_of(&base.replace("[cmdline]", "[cmdline]\nextra2 = 1"));
+        assert!(err.contains("extra2"), "{err}");
+        let err = error_of(&base.replace("extra = [\"", "extra = [\"zeronode.root_hash=00\", \""));
+        assert!(err.contains("cmdline.extra"), "{err}");
+        let err = error_of(&base.replace("compression = \"gzip\"", "compression = \"lz4\""));
+        assert!(err.contains("lz4"), "{err}");
+        let err = error_of(&base.replace("binaries = []", "binaries = [\"usr/bin/ls\"]"));
+        assert!(err.contains("system.binaries"), "{err}");
+        let err = error_of(&base.replace(
+            "modules = [\"loop\", \"squashfs\", \"overlay\"]",
+            "modules = [\"loop\", \"kernel/fs/**\"]",
+        ));
+        assert!(err.contains("initramfs.modules"), "{err}");
+        let err = error_of(&base.replace("load = [\"loop\"]", "load = [\"../x\"]"));
+        assert!(err.contains("system.load"), "{err}");
+        let err = error_of(&base.replace("[kernel]", "[kernal]"));
+        assert!(err.contains("kernal"), "{err}");
     }
 }

@@ -3,6 +3,10 @@
 //! timestamps are fixed, and no root is needed for /dev/console.
 
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::error::{io as io_err, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -138,6 +142,45 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
+/// Every directory, file and symlink under `root` as entries with paths
+/// relative to it. Files keep only whether they are executable.
+pub fn tree_entries(root: &Path) -> Result<Vec<Entry>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
+        for e in std::fs::read_dir(dir).map_err(io_err("listing", dir))? {
+            let path = e.map_err(io_err("listing", dir))?.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            let meta = std::fs::symlink_metadata(&path).map_err(io_err("reading", &path))?;
+            if meta.is_dir() {
+                out.push(Entry::dir(&rel));
+                walk(root, &path, out)?;
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).map_err(io_err("reading", &path))?;
+                out.push(Entry {
+                    path: rel,
+                    mode: 0o777,
+                    kind: Kind::Symlink(target.to_string_lossy().into_owned()),
+                });
+            } else {
+                let mode = if meta.permissions().mode() & 0o111 != 0 {
+                    0o755
+                } else {
+                    0o644
+                };
+                let data = std::fs::read(&path).map_err(io_err("reading", &path))?;
+                out.push(Entry::file(&rel, mode, data));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +250,32 @@ mod tests {
             std::fs::read(extract.join("init")).unwrap(),
             b"#!/bin/true\n"
         );
+    }
+
+    #[test]
+    fn a_directory_tree_keeps_links_and_exec_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("lib/modules")).unwrap();
+        std::fs::write(root.join("lib/modules/a.ko"), b"ko").unwrap();
+        std::fs::write(root.join("tool"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(root.join("tool"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        std::os::unix::fs::symlink("tool", root.join("alias")).unwrap();
+        let mut entries = tree_entries(root).unwrap();
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let got: Vec<(&str, u32)> = entries.iter().map(|e| (e.path.as_str(), e.mode)).collect();
+        assert_eq!(
+            got,
+            [
+                ("alias", 0o777),
+                ("lib", 0o755),
+                ("lib/modules", 0o755),
+                ("lib/modules/a.ko", 0o644),
+                ("tool", 0o755)
+            ]
+        );
+        assert_eq!(entries[0].kind, Kind::Symlink("tool".into()));
     }
 
     #[test]

@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
-
 use crate::config::Kernel;
+use crate::error::{io, run, Error, Result};
 
 pub struct UnpackedKernel {
+    /// The downloaded package.
+    pub deb: PathBuf,
     /// Root of the unpacked package (holds boot/ and lib/modules/).
     pub root: PathBuf,
     pub release: String,
@@ -23,79 +24,77 @@ impl UnpackedKernel {
     }
 }
 
-/// Downloads (if not cached) and unpacks (if not done) the pinned kernel.
-pub fn fetch(k: &Kernel, cache: &Path) -> Result<UnpackedKernel> {
-    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
-    let deb = cache.join(format!(
+/// The cache file name `apt-get download` writes for `k`.
+pub fn deb_path(k: &Kernel, cache: &Path) -> PathBuf {
+    // apt escapes an epoch's colon in file names.
+    cache.join(format!(
         "{}_{}_amd64.deb",
         k.package,
         k.version.replace(':', "%3a")
-    ));
-    if !deb.exists() {
-        tracing::info!("downloading {}={} with apt-get", k.package, k.version);
+    ))
+}
+
+/// Downloads (if not cached) and unpacks (if not done) the pinned kernel.
+pub fn fetch(k: &Kernel, cache: &Path) -> Result<UnpackedKernel> {
+    std::fs::create_dir_all(cache).map_err(io("creating", cache))?;
+    let deb = deb_path(k, cache);
+    if deb.exists() {
+        tracing::info!("kernel package cached: {}", deb.display());
+    } else {
         let spec = format!("{}={}", k.package, k.version);
+        tracing::info!("downloading {spec} with apt-get (about 70 MB, once: out/cache keeps it)");
         let mut ok = apt_download(&spec, cache)?;
         if !ok {
-            tracing::info!("apt lists look stale; running apt-get update");
+            tracing::info!("not found; apt lists may be stale: running apt-get update");
             run(Command::new("apt-get").args(["update", "-qq"]))?;
             ok = apt_download(&spec, cache)?;
         }
         if !ok || !deb.exists() {
-            bail!(
-                "the pinned kernel {spec} cannot be downloaded from Debian's archive (it may have been superseded): \
-                 pick one that `apt-cache policy 'linux-image-6.1.0-*-amd64'` lists and update [kernel] in image/zeronode.toml"
-            );
+            return Err(Error::KernelUnavailable {
+                spec,
+                package: k.package.clone(),
+            });
         }
     }
     let root = cache.join(format!("kernel-{}-{}", k.release, k.version));
+    let kernel = UnpackedKernel {
+        deb: deb.clone(),
+        root: root.clone(),
+        release: k.release.clone(),
+    };
+    // Written last: a build interrupted while unpacking starts over.
     let done = root.join(".unpacked");
     if !done.exists() {
         tracing::info!("unpacking {}", deb.display());
-        let _ = std::fs::remove_dir_all(&root);
+        if root.exists() {
+            std::fs::remove_dir_all(&root).map_err(io("removing", &root))?;
+        }
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-        let kernel = UnpackedKernel {
-            root: root.clone(),
-            release: k.release.clone(),
-        };
         if !kernel.vmlinuz().exists() {
-            bail!(
-                "{} holds no {}: is kernel.release right?",
-                deb.display(),
-                kernel.vmlinuz().display()
-            );
+            return Err(Error::KernelLayout {
+                deb,
+                vmlinuz: kernel.vmlinuz(),
+            });
         }
         depmod(&root, &k.release)?;
-        std::fs::write(&done, b"").with_context(|| format!("writing {}", done.display()))?;
+        std::fs::write(&done, b"").map_err(io("writing", &done))?;
     }
-    Ok(UnpackedKernel {
-        root,
-        release: k.release.clone(),
-    })
+    Ok(kernel)
 }
 
 fn apt_download(spec: &str, dir: &Path) -> Result<bool> {
     let status = Command::new("apt-get")
-        .args(["download", "-qq", spec])
+        .args(["download", "-q", spec])
         .current_dir(dir)
         .status()
-        .context("running apt-get download")?;
+        .map_err(|source| Error::Spawn {
+            command: "apt-get download".into(),
+            source,
+        })?;
     Ok(status.success())
 }
 
 /// Writes modules.dep, modules.alias, modules.softdep... for a tree rooted at `base`.
 pub fn depmod(base: &Path, release: &str) -> Result<()> {
     run(Command::new("depmod").arg("-b").arg(base).arg(release))
-}
-
-pub fn run(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("starting {shown}"))?;
-    if !out.status.success() {
-        bail!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

@@ -1,10 +1,18 @@
 //! Builds ZeroNode's bootable artifacts (see `image/zeronode.toml` for what
-//! goes in and README.md for the boot design).
+//! goes in and DESIGN.md for the boot design).
 
 pub mod build;
+pub mod compress;
 pub mod config;
 pub mod cpio;
-pub mod disk;
+pub mod elf;
+pub mod error;
+pub mod fat;
+pub mod gpt;
 pub mod kernel;
-pub mod modules;
+pub mod kmod;
+pub mod manifest;
+pub mod squashfs;
 pub mod uki;
+
+pub use error::{Error, Result};

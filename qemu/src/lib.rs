@@ -1,8 +1,14 @@
-//! Launching ZeroNode images in QEMU: the three boot paths, blank disks,
-//! user networking with the API port forwarded, the serial console captured
-//! to a file, and QMP for the power button and Ctrl-Alt-Del.
+//! Launching ZeroNode images in QEMU: the three boot paths (direct kernel,
+//! UEFI disk, PXE), blank disks, user networking with the API port
+//! forwarded, the serial console captured to a file, and QMP for the power
+//! button and Ctrl-Alt-Del. Used by `zeronode-qemu` and the end-to-end tests.
 
+pub mod command;
+pub mod console;
 pub mod node;
 pub mod qmp;
 
-pub use node::{Boot, Node, NodeError, NodeOptions};
+pub use command::{Accel, Boot, GUEST_API_PORT};
+pub use console::Console;
+pub use node::{ready_ms, Node, NodeError, NodeOptions};
+pub use qmp::QmpError;

@@ -2,13 +2,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Parser;
-use zeronode_qemu::{node, Boot, Node, NodeOptions};
+use zeronode_qemu::{node, Accel, Boot, Node, NodeOptions};
 
 #[derive(Parser)]
-#[command(about = "Boot a ZeroNode image in QEMU")]
+#[command(
+    about = "Boot a ZeroNode image in QEMU (TCG by default)",
+    args_override_self = true
+)]
 struct Args {
     /// The directory scripts/build-image wrote.
     #[arg(long, default_value = "out/image")]
@@ -19,31 +23,47 @@ struct Args {
     /// Blank virtio disks to attach.
     #[arg(long, default_value_t = 2)]
     disks: u32,
+    /// Size of each blank disk.
     #[arg(long, default_value = "2G")]
     disk_size: String,
+    /// Guest memory in MiB.
     #[arg(long, default_value_t = 1024)]
     memory: u32,
     #[arg(long, default_value_t = 2)]
     cpus: u32,
     /// tcg, or kvm on hardware where KVM guests work.
     #[arg(long, default_value = "tcg")]
-    accel: String,
-    /// Host port (on 127.0.0.1) forwarded to the node's API port.
+    accel: Accel,
+    /// Host port (on 127.0.0.1) forwarded to the node's API port 8443.
     #[arg(long, default_value_t = 8443)]
     api_port: u16,
-    /// Extra kernel parameters (direct boot).
-    #[arg(long)]
-    append: Option<String>,
-    /// Another initramfs (direct boot).
-    #[arg(long)]
-    initrd: Option<PathBuf>,
-    /// Exit 0 once the node says it is ready (killing it), non-zero on timeout.
+    /// stdio (this terminal; Ctrl-A X quits QEMU) or a file to write it to.
+    #[arg(long, default_value = "stdio")]
+    console: String,
+    /// Exit 0 once the node prints its ready line (stopping QEMU), non-zero
+    /// with the last console lines if it does not within SECONDS.
     #[arg(long, value_name = "SECONDS")]
     wait_ready: Option<u64>,
+    /// Extra kernel parameters.
+    #[arg(long)]
+    append: Option<String>,
+    /// Another initramfs, e.g. out/image/baseline-initramfs.img.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    let a = Args::parse();
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zeronode-qemu: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let to_file = a.console != "stdio";
     let opts = NodeOptions {
         image: a.image,
         boot: a.boot,
@@ -55,35 +75,38 @@ fn main() -> ExitCode {
         api_port: Some(a.api_port),
         append: a.append,
         initrd: a.initrd,
-        echo: true,
+        console: to_file.then(|| PathBuf::from(&a.console)),
+        echo: !to_file,
     };
-    let result = match a.wait_ready {
-        Some(secs) => Node::start(&opts)
-            .and_then(|mut n| n.wait_ready(Duration::from_secs(secs)))
-            .map(|_| ()),
-        None => interactive(&opts),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("zeronode-qemu: {e}");
-            ExitCode::FAILURE
-        }
+    let started = Instant::now();
+    if let Some(secs) = a.wait_ready {
+        let mut node = Node::start(&opts).context("starting QEMU")?;
+        let ms = node.wait_ready(Duration::from_secs(secs))?;
+        eprintln!(
+            "zeronode-qemu: zeronode: ready in {ms} ms (guest), {:.1} s wall",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
-}
-
-/// The console on this terminal (Ctrl-A X quits, Ctrl-A C is QEMU's monitor).
-fn interactive(opts: &NodeOptions) -> Result<(), node::NodeError> {
-    let dir = tempfile::tempdir().map_err(|source| node::NodeError::Io {
-        what: "creating a run directory".into(),
-        source,
-    })?;
-    let status = node::qemu_command(opts, dir.path(), None)?
-        .status()
-        .map_err(|source| node::NodeError::Io {
-            what: "running qemu-system-x86_64".into(),
-            source,
-        })?;
-    eprintln!("zeronode-qemu: QEMU exited ({status})");
-    Ok(())
+    let status = if to_file {
+        let mut node = Node::start(&opts).context("starting QEMU")?;
+        eprintln!(
+            "zeronode-qemu: console in {}; QEMU pid {}, API on 127.0.0.1:{}",
+            a.console,
+            node.pid(),
+            node.api_port()
+        );
+        node.wait_exit(Duration::MAX)?
+    } else {
+        node::run_interactive(&opts)?
+    };
+    eprintln!(
+        "zeronode-qemu: QEMU exited ({status}) after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -1,59 +1,41 @@
-//! One QEMU process running a ZeroNode image.
+//! One QEMU process running a ZeroNode image, for tests and for people:
+//! start it, wait for console lines, press its buttons, wait for it to stop.
+//! Dropping a `Node` kills QEMU and removes its run directory.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::qmp;
-
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
-/// The port of the node's API inside the guest.
-pub const GUEST_API_PORT: u16 = 8443;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Boot {
-    /// `-kernel vmlinuz -initrd initramfs.img -append <cmdline>`.
-    Direct,
-    /// OVMF firmware booting the USB-stick image's EFI/BOOT/BOOTX64.EFI.
-    Uefi,
-    /// iPXE fetching boot.ipxe, the kernel and the initramfs over QEMU's TFTP.
-    Pxe,
-}
-
-impl std::str::FromStr for Boot {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "direct" => Ok(Boot::Direct),
-            "uefi" => Ok(Boot::Uefi),
-            "pxe" => Ok(Boot::Pxe),
-            other => Err(format!("{other:?} is not a boot path (direct, uefi, pxe)")),
-        }
-    }
-}
+use crate::command::{qemu_command, Accel, Boot, Serial};
+use crate::console::Console;
+use crate::qmp::{self, QmpError};
 
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
     /// The directory scripts/build-image wrote (out/image).
     pub image: PathBuf,
     pub boot: Boot,
+    /// Blank virtio disks, created per run.
     pub disks: u32,
+    /// Size of each blank disk, as qemu-img takes it (`2G`).
     pub disk_size: String,
     pub memory_mib: u32,
     pub cpus: u32,
-    /// `tcg` (the default: KVM guests hang on the CI machines) or `kvm`.
-    pub accel: String,
-    /// Host port forwarded to the guest's API port, on 127.0.0.1.
+    pub accel: Accel,
+    /// Host port on 127.0.0.1 forwarded to the guest's API port; `None`
+    /// picks a free one (see `Node::api_port`).
     pub api_port: Option<u16>,
-    /// Extra kernel parameters (direct boot only: the others boot what was built).
+    /// Extra kernel parameters. Direct boot appends them; UEFI and PXE boot
+    /// a UKI or boot.ipxe made for the run.
     pub append: Option<String>,
-    /// Another initramfs for direct boot (the boot benchmark's baseline).
+    /// Another initramfs (the boot benchmark's baseline), on every path.
     pub initrd: Option<PathBuf>,
-    /// Print console lines on stdout as they arrive.
+    /// Write the console transcript here (replaced at start, kept after the
+    /// run) instead of in the run directory.
+    pub console: Option<PathBuf>,
+    /// Print console lines on stdout as they are read.
     pub echo: bool,
 }
 
@@ -66,10 +48,11 @@ impl NodeOptions {
             disk_size: "2G".into(),
             memory_mib: 1024,
             cpus: 2,
-            accel: "tcg".into(),
+            accel: Accel::Tcg,
             api_port: None,
             append: None,
             initrd: None,
+            console: None,
             echo: false,
         }
     }
@@ -82,20 +65,32 @@ pub enum NodeError {
         what: String,
         source: std::io::Error,
     },
-    #[error("{0} is missing: run scripts/build-image first")]
+    #[error("{} is missing: run scripts/build-image first", .0.display())]
     MissingArtifact(PathBuf),
-    #[error("--append and --initrd only apply to direct boot")]
-    DirectOnly,
+    #[error("making this run's boot disk: {0}")]
+    Image(#[from] zeronode_image::Error),
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
     #[error("timed out after {secs} s waiting for {what}; last console lines:\n{tail}")]
     Timeout {
         what: String,
         secs: u64,
         tail: String,
     },
-    #[error("QEMU exited ({status}) while waiting for {what}; last console lines:\n{tail}")]
+    #[error(
+        "QEMU exited ({status}) while waiting for {what}{stderr}; last console lines:\n{tail}"
+    )]
     Exited {
         what: String,
         status: ExitStatus,
+        /// QEMU's own complaints, prefixed with ": " when there are any.
+        stderr: String,
+        tail: String,
+    },
+    #[error("the kernel panicked while waiting for {what}: {line}; last console lines:\n{tail}")]
+    KernelPanic {
+        what: String,
+        line: String,
         tail: String,
     },
 }
@@ -105,114 +100,131 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
     move |source| NodeError::Io { what, source }
 }
 
+/// How many console lines an error shows.
+const TAIL: usize = 40;
+
 pub struct Node {
     child: Child,
     dir: tempfile::TempDir,
-    console_path: PathBuf,
-    console: String,
-    read_offset: u64,
-    /// Lines already handed out by `wait_for_line`.
-    consumed: usize,
-    echo: bool,
+    console: Console,
+    api_port: u16,
 }
 
 impl Node {
+    /// Starts QEMU; returns once it runs (its QMP socket is up), or with
+    /// QEMU's complaint if it stopped at once.
     pub fn start(opts: &NodeOptions) -> Result<Node, NodeError> {
         let dir = tempfile::Builder::new()
             .prefix("zeronode-qemu-")
             .tempdir()
             .map_err(io("creating a run directory"))?;
-        let console_path = dir.path().join("console.log");
-        let mut cmd = qemu_command(opts, dir.path(), Some(&console_path))?;
+        let mut opts = opts.clone();
+        let api_port = match opts.api_port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        opts.api_port = Some(api_port);
+        let console_path = opts
+            .console
+            .clone()
+            .unwrap_or_else(|| dir.path().join("console.log"));
+        // A stale transcript from an earlier run must not satisfy a wait.
+        match std::fs::remove_file(&console_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("removing {}", console_path.display()))(e))
+            }
+            _ => {}
+        }
+        let mut cmd = qemu_command(&opts, dir.path(), Serial::File(&console_path))?;
+        let stderr_path = dir.path().join("qemu.stderr");
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(io(format!("creating {}", stderr_path.display())))?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let child = cmd.spawn().map_err(io("starting qemu-system-x86_64"))?;
-        Ok(Node {
+            .stderr(stderr);
+        let child = cmd.spawn().map_err(io(
+            "starting qemu-system-x86_64 (Debian package qemu-system-x86)",
+        ))?;
+        let mut node = Node {
             child,
             dir,
-            console_path,
-            console: String::new(),
-            read_offset: 0,
-            consumed: 0,
-            echo: opts.echo,
-        })
+            console: Console::new(&console_path, opts.echo),
+            api_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !node.qmp_socket().exists() {
+            if let Some(status) = node.child.try_wait().map_err(io("waiting for QEMU"))? {
+                return Err(node.exited("QEMU to start", status));
+            }
+            if Instant::now() >= deadline {
+                return Err(node.timeout("QEMU's QMP socket", Duration::from_secs(10)));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(node)
     }
 
-    fn qmp_socket(&self) -> PathBuf {
+    /// The QEMU process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The host port (on 127.0.0.1) forwarded to the node's API port.
+    pub fn api_port(&self) -> u16 {
+        self.api_port
+    }
+
+    pub fn qmp_socket(&self) -> PathBuf {
         self.dir.path().join("qmp.sock")
     }
 
-    /// Everything the console printed so far.
+    /// Where the console transcript is being written.
+    pub fn console_path(&self) -> &Path {
+        self.console.path()
+    }
+
+    /// Every complete console line so far.
     pub fn console(&mut self) -> &str {
-        self.poll_console();
-        &self.console
+        let _ = self.console.poll();
+        self.console.transcript()
     }
 
-    fn poll_console(&mut self) {
-        let Ok(mut f) = std::fs::File::open(&self.console_path) else {
-            return;
-        };
-        if f.seek(SeekFrom::Start(self.read_offset)).is_err() {
-            return;
-        }
-        let mut buf = Vec::new();
-        if let Ok(n) = f.read_to_end(&mut buf) {
-            self.read_offset += n as u64;
-            let text = String::from_utf8_lossy(&buf).replace('\r', "");
-            if self.echo {
-                print!("{text}");
-            }
-            self.console.push_str(&text);
-        }
-    }
-
-    fn tail(&mut self, n: usize) -> String {
-        let lines: Vec<&str> = self.console().lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// Waits for a console line (after the ones already returned) that
-    /// satisfies `pred`, and returns it.
+    /// Waits for a console line after the ones already returned that
+    /// satisfies `pred`, and returns it. Fails at once if QEMU exits or the
+    /// kernel panics first.
     pub fn wait_for_line(
         &mut self,
         what: &str,
         timeout: Duration,
         pred: impl Fn(&str) -> bool,
     ) -> Result<String, NodeError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
-            self.poll_console();
-            // Only complete lines count.
-            let complete = match self.console.rfind('\n') {
-                Some(i) => &self.console[..i],
-                None => "",
-            };
-            let lines: Vec<&str> = complete.lines().collect();
-            if let Some((i, line)) = lines
-                .iter()
-                .enumerate()
-                .skip(self.consumed)
-                .find(|(_, l)| pred(l))
-            {
-                let line = line.to_string();
-                self.consumed = i + 1;
+            self.console
+                .poll()
+                .map_err(io(format!("reading {}", self.console.path().display())))?;
+            if let Some(line) = self.console.next_matching(&pred) {
                 return Ok(line);
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.poll_console();
-                return Err(NodeError::Exited {
+            if let Some(line) = self.console.panic_line().map(str::to_string) {
+                // Let the backtrace reach the file before showing the tail.
+                std::thread::sleep(Duration::from_millis(500));
+                let _ = self.console.poll();
+                return Err(NodeError::KernelPanic {
                     what: what.into(),
-                    status,
-                    tail: self.tail(40),
+                    line,
+                    tail: self.console.tail(TAIL),
                 });
             }
-            if Instant::now() >= deadline {
-                return Err(NodeError::Timeout {
-                    what: what.into(),
-                    secs: timeout.as_secs(),
-                    tail: self.tail(40),
-                });
+            if let Some(status) = self.child.try_wait().map_err(io("waiting for QEMU"))? {
+                let _ = self.console.poll();
+                if let Some(line) = self.console.next_matching(&pred) {
+                    return Ok(line);
+                }
+                return Err(self.exited(what, status));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(self.timeout(what, timeout));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -224,39 +236,77 @@ impl Node {
         Ok(ready_ms(&line).unwrap_or(0))
     }
 
+    /// Runs a QMP command and returns its `return` value.
+    pub fn qmp(
+        &self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, NodeError> {
+        Ok(qmp::execute(&self.qmp_socket(), command, arguments)?)
+    }
+
     /// The ACPI power button (QMP `system_powerdown`).
     pub fn powerdown(&self) -> Result<(), NodeError> {
-        qmp::execute(&self.qmp_socket(), "system_powerdown", None)
-            .map(|_| ())
-            .map_err(io("QMP system_powerdown"))
+        self.qmp("system_powerdown", None).map(|_| ())
     }
 
-    /// Ctrl-Alt-Del on the keyboard.
+    /// Ctrl-Alt-Del on the keyboard (QMP `send-key`).
     pub fn ctrl_alt_del(&self) -> Result<(), NodeError> {
         let keys = serde_json::json!({ "keys": [
-            { "type": "qcode", "data": "ctrl" }, { "type": "qcode", "data": "alt" }, { "type": "qcode", "data": "delete" }
+            { "type": "qcode", "data": "ctrl" },
+            { "type": "qcode", "data": "alt" },
+            { "type": "qcode", "data": "delete" }
         ]});
-        qmp::execute(&self.qmp_socket(), "send-key", Some(keys))
-            .map(|_| ())
-            .map_err(io("QMP send-key"))
+        self.qmp("send-key", Some(keys)).map(|_| ())
     }
 
-    /// Waits for QEMU to exit (the guest powered off).
+    /// Waits for QEMU to exit (the guest powered off). `Duration::MAX`
+    /// waits for ever.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, NodeError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
+            let _ = self.console.poll();
             if let Some(status) = self.child.try_wait().map_err(io("waiting for QEMU"))? {
-                self.poll_console();
+                let _ = self.console.poll();
                 return Ok(status);
             }
-            if Instant::now() >= deadline {
-                return Err(NodeError::Timeout {
-                    what: "QEMU to exit".into(),
-                    secs: timeout.as_secs(),
-                    tail: self.tail(40),
-                });
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(self.timeout("QEMU to exit", timeout));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills QEMU now (the run directory stays until the `Node` is dropped).
+    pub fn kill(&mut self) -> Result<ExitStatus, NodeError> {
+        let _ = self.child.kill();
+        self.child.wait().map_err(io("waiting for QEMU"))
+    }
+
+    fn timeout(&mut self, what: &str, timeout: Duration) -> NodeError {
+        let _ = self.console.poll();
+        NodeError::Timeout {
+            what: what.into(),
+            secs: timeout.as_secs(),
+            tail: self.console.tail(TAIL),
+        }
+    }
+
+    fn exited(&mut self, what: &str, status: ExitStatus) -> NodeError {
+        let _ = self.console.poll();
+        let stderr = std::fs::read_to_string(self.dir.path().join("qemu.stderr"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        NodeError::Exited {
+            what: what.into(),
+            status,
+            stderr: if stderr.is_empty() {
+                String::new()
+            } else {
+                format!(": {stderr}")
+            },
+            tail: self.console.tail(TAIL),
         }
     }
 }
@@ -274,121 +324,23 @@ pub fn ready_ms(line: &str) -> Option<u64> {
     rest.strip_suffix(" ms")?.parse().ok()
 }
 
-/// The QEMU command line for `opts`, with run files in `dir`. With no
-/// console file the serial console (and QEMU's monitor) is the terminal.
-pub fn qemu_command(
-    opts: &NodeOptions,
-    dir: &Path,
-    console: Option<&Path>,
-) -> Result<Command, NodeError> {
-    let need = |name: &str| -> Result<PathBuf, NodeError> {
-        let p = opts.image.join(name);
-        if p.exists() {
-            Ok(p)
-        } else {
-            Err(NodeError::MissingArtifact(p))
-        }
-    };
-    if opts.boot != Boot::Direct && (opts.append.is_some() || opts.initrd.is_some()) {
-        return Err(NodeError::DirectOnly);
-    }
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        &opts.accel,
-        "-machine",
-        "q35",
-        "-m",
-        &opts.memory_mib.to_string(),
-    ]);
-    cmd.args([
-        "-smp",
-        &opts.cpus.to_string(),
-        "-display",
-        "none",
-        "-nodefaults",
-        "-no-user-config",
-    ]);
-    cmd.arg("-qmp").arg(format!(
-        "unix:{},server=on,wait=off",
-        dir.join("qmp.sock").display()
-    ));
-    match console {
-        Some(path) => cmd
-            .arg("-serial")
-            .arg(format!("file:{}", path.display()))
-            .args(["-monitor", "none"]),
-        None => cmd.args(["-serial", "mon:stdio"]),
-    };
-    let mut netdev = String::from("user,id=n0");
-    if let Some(port) = opts.api_port {
-        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{GUEST_API_PORT}"));
-    }
-    match opts.boot {
-        Boot::Direct => {
-            let cmdline =
-                std::fs::read_to_string(need("cmdline")?).map_err(io("reading cmdline"))?;
-            let mut append = cmdline.trim().to_string();
-            if let Some(extra) = &opts.append {
-                append.push(' ');
-                append.push_str(extra);
-            }
-            let initrd = match &opts.initrd {
-                Some(p) => p.clone(),
-                None => need("initramfs.img")?,
-            };
-            cmd.arg("-kernel")
-                .arg(need("vmlinuz")?)
-                .arg("-initrd")
-                .arg(initrd)
-                .arg("-append")
-                .arg(append);
-        }
-        Boot::Uefi => {
-            let vars = dir.join("OVMF_VARS.fd");
-            std::fs::copy(OVMF_VARS, &vars)
-                .map_err(io(format!("copying {OVMF_VARS} (Debian package ovmf)")))?;
-            cmd.arg("-drive").arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-            ));
-            cmd.arg("-drive").arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ));
-            // snapshot=on: the guest never writes to the artifact.
-            cmd.arg("-drive").arg(format!(
-                "if=virtio,format=qcow2,snapshot=on,file={}",
-                need("zeronode.qcow2")?.display()
-            ));
-        }
-        Boot::Pxe => {
-            need("boot.ipxe")?;
-            netdev.push_str(&format!(
-                ",tftp={},bootfile=boot.ipxe",
-                opts.image.display()
-            ));
-            cmd.args(["-boot", "n"]);
-        }
-    }
-    cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
-    for i in 0..opts.disks {
-        let disk = dir.join(format!("disk{i}.qcow2"));
-        let ok = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&disk)
-            .arg(&opts.disk_size)
-            .status()
-            .map_err(io("running qemu-img"))?;
-        if !ok.success() {
-            return Err(NodeError::Io {
-                what: format!("qemu-img create {}", disk.display()),
-                source: std::io::Error::other(ok.to_string()),
-            });
-        }
-        cmd.arg("-drive")
-            .arg(format!("if=virtio,format=qcow2,file={}", disk.display()));
-    }
-    Ok(cmd)
+/// A port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> Result<u16, NodeError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(io("finding a free local port"))
+}
+
+/// Runs QEMU with the console on this terminal (QEMU's monitor on Ctrl-A C,
+/// Ctrl-A X quits) until it exits.
+pub fn run_interactive(opts: &NodeOptions) -> Result<ExitStatus, NodeError> {
+    let dir = tempfile::Builder::new()
+        .prefix("zeronode-qemu-")
+        .tempdir()
+        .map_err(io("creating a run directory"))?;
+    let mut cmd: Command = qemu_command(opts, dir.path(), Serial::Stdio)?;
+    cmd.status().map_err(io("running qemu-system-x86_64"))
 }
 
 #[cfg(test)]
@@ -403,41 +355,33 @@ mod tests {
     }
 
     #[test]
-    fn command_lines() {
+    fn missing_image_is_named_before_qemu_starts() {
+        let o = NodeOptions::new("/nonexistent/out/image", Boot::Direct);
+        let err = Node::start(&o).err().unwrap().to_string();
+        assert!(
+            err.contains("/nonexistent/out/image/") && err.contains("scripts/build-image"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn qemu_refusing_to_start_is_reported_with_its_words() {
         let dir = tempfile::tempdir().unwrap();
-        for f in [
-            "cmdline",
-            "vmlinuz",
-            "initramfs.img",
-            "zeronode.qcow2",
-            "boot.ipxe",
-        ] {
-            std::fs::write(dir.path().join(f), "console=ttyS0\n").unwrap();
+        for f in ["cmdline", "vmlinuz", "initramfs.img"] {
+            std::fs::write(dir.path().join(f), "x\n").unwrap();
         }
-        let mut o = NodeOptions::new(dir.path(), Boot::Direct);
-        o.append = Some("zeronode.debug".into());
-        o.api_port = Some(18443);
-        let c = format!("{:?}", qemu_command(&o, dir.path(), None).unwrap());
+        // "x" is no kernel: QEMU stops while loading it.
+        let o = NodeOptions::new(dir.path(), Boot::Direct);
+        let err = match Node::start(&o) {
+            Err(e) => e,
+            Ok(mut node) => node
+                .wait_for_line("a line", Duration::from_secs(20), |_| true)
+                .unwrap_err(),
+        };
+        let err = err.to_string();
         assert!(
-            c.contains("\"console=ttyS0 zeronode.debug\"")
-                && c.contains("hostfwd=tcp:127.0.0.1:18443-:8443"),
-            "{c}"
-        );
-        o.boot = Boot::Pxe;
-        assert!(matches!(
-            qemu_command(&o, dir.path(), None),
-            Err(NodeError::DirectOnly)
-        ));
-        o.append = None;
-        let c = format!("{:?}", qemu_command(&o, dir.path(), None).unwrap());
-        assert!(
-            c.contains("bootfile=boot.ipxe") && c.contains("\"-boot\" \"n\""),
-            "{c}"
-        );
-        std::fs::remove_file(dir.path().join("zeronode.qcow2")).unwrap();
-        let o = NodeOptions::new(dir.path(), Boot::Uefi);
-        assert!(
-            matches!(qemu_command(&o, dir.path(), None), Err(NodeError::MissingArtifact(p)) if p.ends_with("zeronode.qcow2"))
+            err.contains("QEMU exited") && err.contains("linux kernel too old"),
+            "{err}"
         );
     }
 }

@@ -3,11 +3,15 @@
 
 # Debian packages: the musl C toolchain (static binaries with C parts), protoc
 # (containerd-client), QEMU with OVMF and the iPXE ROMs, the UKI stub, and the
-# tools the image builder calls.
+# tools the image builder calls (mksquashfs, objcopy, depmod, sfdisk and cpio
+# for its tests).
 ZN_APT_PACKAGES=(musl-tools protobuf-compiler qemu-system-x86 qemu-utils ovmf ipxe-qemu
-  systemd-boot-efi squashfs-tools binutils kmod fdisk cpio)
+  systemd-boot-efi squashfs-tools binutils kmod fdisk cpio git python3 ca-certificates)
 
 zn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# The first 16 hex digits of a file's hash, for listings.
+short_hash() { sha256sum "$1" | cut -c1-16; }
 
 zn_ensure_deps() {
   local missing=()
@@ -25,7 +29,7 @@ zn_ensure_deps() {
     # shellcheck disable=SC1091
     [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
   fi
-  command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; return 1; }
+  command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first (https://rustup.rs)" >&2; return 1; }
   if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
     zn_log "adding the rustup target x86_64-unknown-linux-musl"
     rustup target add x86_64-unknown-linux-musl >/dev/null

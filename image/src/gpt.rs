@@ -1,63 +1,18 @@
-//! The USB stick image: a GPT disk with one EFI system partition holding
-//! `EFI/BOOT/BOOTX64.EFI`. Both the partition table and the FAT filesystem
-//! are written here, in memory, so no root, loop device or mount is needed
-//! and the bytes depend only on the inputs.
-
-use std::io::{Cursor, Write};
-
-use anyhow::{Context, Result};
+//! The USB stick image: a GPT disk (protective MBR, primary and backup
+//! headers and entry arrays) with one EFI system partition at 1 MiB. The
+//! disk and partition GUIDs are derived from a content seed, so the same
+//! ESP gives the same disk.
 
 const SECTOR: u64 = 512;
 /// The ESP starts at 1 MiB, as partitioning tools align it.
-const FIRST_LBA: u64 = 2048;
+pub const FIRST_LBA: u64 = 2048;
 const ENTRIES: u64 = 128;
 const ENTRY_SIZE: u64 = 128;
 const ENTRY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
-const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-
-/// A FAT32 filesystem holding `files` (path, bytes), sized to fit them.
-pub fn fat_image(files: &[(&str, &[u8])], volume_id: u32) -> Result<Vec<u8>> {
-    let payload: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
-    // FAT32 needs at least 65525 clusters; 512-byte clusters keep the minimum
-    // small, and the slack covers FATs and directories.
-    let size = (payload + payload / 8 + (40 << 20)).div_ceil(1 << 20) << 20;
-    let mut disk = Cursor::new(vec![0u8; size as usize]);
-    let opts = fatfs::FormatVolumeOptions::new()
-        .fat_type(fatfs::FatType::Fat32)
-        .bytes_per_cluster(512)
-        .volume_id(volume_id)
-        .volume_label(*b"ZERONODE   ");
-    fatfs::format_volume(&mut disk, opts).context("formatting the EFI system partition")?;
-    disk.set_position(0);
-    {
-        let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new())
-            .context("opening the new FAT volume")?;
-        for (path, data) in files {
-            let root = fs.root_dir();
-            let mut dir = root.clone();
-            let parts: Vec<&str> = path.split('/').collect();
-            for d in &parts[..parts.len() - 1] {
-                dir = match dir.open_dir(d) {
-                    Ok(existing) => existing,
-                    Err(_) => dir
-                        .create_dir(d)
-                        .with_context(|| format!("creating {d} on the ESP"))?,
-                };
-            }
-            let mut f = dir
-                .create_file(parts[parts.len() - 1])
-                .with_context(|| format!("creating {path} on the ESP"))?;
-            f.truncate()?;
-            f.write_all(data)
-                .with_context(|| format!("writing {path} on the ESP"))?;
-        }
-        fs.unmount().context("closing the FAT volume")?;
-    }
-    Ok(disk.into_inner())
-}
+pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 
 /// GUID text (`XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX`) to its on-disk form
-/// (first three fields little-endian).
+/// (first three fields little-endian). For the constants above.
 pub fn guid_bytes(text: &str) -> [u8; 16] {
     let hex: Vec<u8> = text
         .split('-')
@@ -75,8 +30,7 @@ pub fn guid_bytes(text: &str) -> [u8; 16] {
     out
 }
 
-/// A random-looking (version 4, variant 1) GUID derived from `seed`, so the
-/// same content gives the same disk.
+/// A random-looking (version 4, variant 1) GUID derived from `seed`.
 pub fn derived_guid(seed: &[u8], what: &str) -> [u8; 16] {
     let mut h = blake3::Hasher::new();
     h.update(what.as_bytes());
@@ -88,9 +42,8 @@ pub fn derived_guid(seed: &[u8], what: &str) -> [u8; 16] {
     g
 }
 
-/// A whole GPT disk: protective MBR, primary and backup headers and
-/// entries, and `esp` as partition 1.
-pub fn gpt_disk(esp: &[u8], seed: &[u8]) -> Vec<u8> {
+/// A whole GPT disk with `esp` as partition 1.
+pub fn disk(esp: &[u8], seed: &[u8]) -> Vec<u8> {
     let esp_sectors = (esp.len() as u64).div_ceil(SECTOR);
     let last_lba = FIRST_LBA + esp_sectors + ENTRY_SECTORS; // backup header
     let total = last_lba + 1;
@@ -147,58 +100,36 @@ pub fn gpt_disk(esp: &[u8], seed: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
     use std::process::Command;
 
     #[test]
-    fn esp_holds_the_file_and_is_reproducible() {
-        let efi = vec![0x4d; 300_000];
-        let a = fat_image(&[("EFI/BOOT/BOOTX64.EFI", &efi)], 7).unwrap();
-        let b = fat_image(&[("EFI/BOOT/BOOTX64.EFI", &efi)], 7).unwrap();
-        assert!(a == b, "two builds differ");
-        let mut cur = Cursor::new(a);
-        let fs = fatfs::FileSystem::new(&mut cur, fatfs::FsOptions::new()).unwrap();
-        assert_eq!(fs.fat_type(), fatfs::FatType::Fat32);
-        let mut back = Vec::new();
-        fs.root_dir()
-            .open_file("EFI/BOOT/BOOTX64.EFI")
-            .unwrap()
-            .read_to_end(&mut back)
-            .unwrap();
-        assert_eq!(back, efi);
-    }
-
-    #[test]
     fn sfdisk_reads_the_partition_table() {
-        let esp = fat_image(&[("EFI/BOOT/BOOTX64.EFI", b"x")], 1).unwrap();
-        let disk = gpt_disk(&esp, b"seed");
-        assert_eq!(disk, gpt_disk(&esp, b"seed"));
+        let esp = crate::fat::image(&[("EFI/BOOT/BOOTX64.EFI", b"x")], 1).unwrap();
+        let d = disk(&esp, b"seed");
+        assert!(d == disk(&esp, b"seed"), "two builds differ");
+        assert!(d != disk(&esp, b"other"), "GUIDs ignore the seed");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
-        std::fs::write(&path, &disk).unwrap();
+        std::fs::write(&path, &d).unwrap();
         let out = Command::new("sfdisk")
             .arg("--dump")
             .arg(&path)
             .output()
             .expect("sfdisk (util-linux)");
         let dump = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
         assert!(dump.contains("label: gpt"), "{dump}");
         assert!(
             dump.contains(&format!("start=        {FIRST_LBA}")),
             "{dump}"
         );
         assert!(dump.contains(ESP_TYPE), "{dump}");
-        // Both headers valid: sfdisk would warn about a bad backup.
-        assert!(
-            !String::from_utf8_lossy(&out.stderr).contains("corrupt"),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // Both headers valid: sfdisk warns about a bad backup.
+        assert!(!stderr.contains("corrupt"), "{stderr}");
+        // The partition is the ESP we wrote, byte for byte.
+        let start = (FIRST_LBA * SECTOR) as usize;
+        assert!(d[start..start + esp.len()] == esp[..]);
     }
 
     #[test]
@@ -206,5 +137,8 @@ mod tests {
         let g = guid_bytes(ESP_TYPE);
         assert_eq!(&g[..4], &[0x28, 0x73, 0x2A, 0xC1]);
         assert_eq!(&g[8..], &[0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B]);
+        let d = derived_guid(b"s", "disk");
+        assert_eq!(d[7] >> 4, 4);
+        assert_eq!(d[8] >> 6, 2);
     }
 }

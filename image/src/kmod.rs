@@ -1,0 +1,283 @@
+//! Choosing kernel modules: names and globs from zeronode.toml, plus
+//! everything they depend on (closure over the full tree's modules.dep),
+//! copied into a staging tree that depmod then indexes on its own, so the
+//! image's modules.dep/alias/softdep list exactly what it holds, in the
+//! kernel's own line format.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::error::{io, Error, Result};
+use crate::kernel::{depmod, UnpackedKernel};
+
+/// Module names treat `-` and `_` alike, as the kernel does.
+pub fn canonical(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// `kernel/net/bridge/bridge.ko` -> `bridge`.
+pub fn name_of(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    canonical(base.split(".ko").next().unwrap_or(base))
+}
+
+/// Shell-style match of a modules.dep path: `*` stays within a directory,
+/// `**` crosses them, so `kernel/drivers/net/ethernet/intel/**` is every
+/// Intel NIC driver. A pattern ending in `/` means everything below it.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match p {
+            [] => s.is_empty(),
+            [b'*', b'*', rest @ ..] => (0..=s.len()).any(|i| go(rest, &s[i..])),
+            [b'*', rest @ ..] => (0..=s.len())
+                .take_while(|&i| i == 0 || s[i - 1] != b'/')
+                .any(|i| go(rest, &s[i..])),
+            [c, rest @ ..] => s.first() == Some(c) && go(rest, &s[1..]),
+        }
+    }
+    if let Some(dir) = pattern.strip_suffix('/') {
+        return path.starts_with(dir) && path[dir.len()..].starts_with('/');
+    }
+    go(pattern.as_bytes(), path.as_bytes())
+}
+
+fn is_pattern(wanted: &str) -> bool {
+    wanted.contains(['/', '*'])
+}
+
+/// modules.dep as path -> dependency paths.
+pub struct DepGraph {
+    deps: BTreeMap<String, Vec<String>>,
+    by_name: BTreeMap<String, String>,
+}
+
+impl DepGraph {
+    pub fn parse(text: &str, file: &Path) -> Result<Self> {
+        let mut deps = BTreeMap::new();
+        let mut by_name = BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (m, d) = line.split_once(':').ok_or_else(|| Error::ModulesDep {
+                file: file.to_path_buf(),
+                line: i + 1,
+                reason: format!("no ':' in {line:?}"),
+            })?;
+            by_name.insert(name_of(m), m.to_string());
+            deps.insert(
+                m.to_string(),
+                d.split_whitespace().map(str::to_string).collect(),
+            );
+        }
+        Ok(DepGraph { deps, by_name })
+    }
+
+    /// The module files `wanted` names (module names or path globs), with
+    /// their dependencies. A name the kernel lacks, or a glob matching
+    /// nothing, is an error naming every such entry.
+    pub fn select(
+        &self,
+        wanted: &[String],
+        builtin: &BTreeSet<String>,
+        release: &str,
+    ) -> Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        let mut missing = Vec::new();
+        for w in wanted {
+            if is_pattern(w) {
+                let hits: Vec<&String> = self.deps.keys().filter(|p| glob_match(w, p)).collect();
+                if hits.is_empty() {
+                    missing.push(format!("{w} (matches no module)"));
+                }
+                for p in hits {
+                    self.closure(p, &mut out);
+                }
+            } else if let Some(p) = self.by_name.get(&canonical(w)) {
+                self.closure(p, &mut out);
+            } else if !builtin.contains(&canonical(w)) {
+                missing.push(w.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::MissingModules {
+                release: release.into(),
+                names: missing.join(", "),
+            });
+        }
+        Ok(out)
+    }
+
+    fn closure(&self, path: &str, out: &mut BTreeSet<String>) {
+        if out.insert(path.to_string()) {
+            for d in self.deps.get(path).into_iter().flatten() {
+                self.closure(d, out);
+            }
+        }
+    }
+}
+
+/// Names of the built-in modules (modules.builtin).
+pub fn builtin(modules_dir: &Path) -> Result<BTreeSet<String>> {
+    let path = modules_dir.join("modules.builtin");
+    let text = std::fs::read_to_string(&path).map_err(io("reading", &path))?;
+    Ok(text.lines().map(name_of).collect())
+}
+
+/// Copies the chosen modules under `root/lib/modules/<release>` and indexes
+/// them with depmod. Returns the module files that went in.
+pub fn stage(kernel: &UnpackedKernel, wanted: &[String], root: &Path) -> Result<Vec<PathBuf>> {
+    let src = kernel.modules_dir();
+    let dep_path = src.join("modules.dep");
+    let dep_text = std::fs::read_to_string(&dep_path).map_err(io("reading", &dep_path))?;
+    let files =
+        DepGraph::parse(&dep_text, &dep_path)?.select(wanted, &builtin(&src)?, &kernel.release)?;
+    let dst = root.join("lib/modules").join(&kernel.release);
+    let mut copied = Vec::new();
+    for f in &files {
+        let to = dst.join(f);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        }
+        std::fs::copy(src.join(f), &to).map_err(io("copying module", src.join(f)))?;
+        copied.push(to);
+    }
+    // Built-in modules are part of every kernel: their lists stay whole.
+    for meta in ["modules.builtin", "modules.builtin.modinfo"] {
+        std::fs::copy(src.join(meta), dst.join(meta)).map_err(io("copying", src.join(meta)))?;
+    }
+    // modules.order, cut to what is here, keeps depmod's output in the
+    // kernel's order.
+    let order_path = src.join("modules.order");
+    let order = std::fs::read_to_string(&order_path).map_err(io("reading", &order_path))?;
+    let kept: String = order
+        .lines()
+        .filter(|l| files.contains(*l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dst.join("modules.order"), kept)
+        .map_err(io("writing", dst.join("modules.order")))?;
+    depmod(root, &kernel.release)?;
+    // The binary indexes are for kmod's tools; PID 1 reads the text files.
+    for entry in std::fs::read_dir(&dst)
+        .map_err(io("listing", &dst))?
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().ends_with(".bin") {
+            std::fs::remove_file(entry.path()).map_err(io("removing", entry.path()))?;
+        }
+    }
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko\n\
+                       kernel/net/802/stp.ko: kernel/net/llc/llc.ko\n\
+                       kernel/net/llc/llc.ko:\n\
+                       kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko: kernel/drivers/ptp/ptp.ko\n\
+                       kernel/drivers/net/ethernet/intel/igb/igb.ko: kernel/drivers/ptp/ptp.ko kernel/drivers/dca/dca.ko\n\
+                       kernel/drivers/net/ethernet/intel/e100.ko:\n\
+                       kernel/drivers/ptp/ptp.ko:\n\
+                       kernel/drivers/dca/dca.ko:\n\
+                       kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-mod.ko\n\
+                       kernel/drivers/md/dm-mod.ko:\n\
+                       kernel/drivers/block/loop.ko:\n";
+
+    fn graph() -> DepGraph {
+        DepGraph::parse(DEP, Path::new("modules.dep")).unwrap()
+    }
+
+    fn names(set: &BTreeSet<String>) -> Vec<String> {
+        set.iter().map(|p| name_of(p)).collect()
+    }
+
+    #[test]
+    fn names_and_globs_bring_their_dependencies() {
+        let builtin = BTreeSet::from(["ext4".to_string()]);
+        let got = graph()
+            .select(
+                &[
+                    "bridge".into(),
+                    "kernel/drivers/net/ethernet/intel/**".into(),
+                    "ext4".into(),
+                    "dm-verity".into(),
+                ],
+                &builtin,
+                "6.1",
+            )
+            .unwrap();
+        assert_eq!(
+            names(&got),
+            [
+                "dca",
+                "dm_mod",
+                "dm_verity",
+                "e100",
+                "e1000e",
+                "igb",
+                "ptp",
+                "stp",
+                "bridge",
+                "llc"
+            ]
+        );
+        assert!(!got.iter().any(|p| p.contains("loop")));
+    }
+
+    #[test]
+    fn single_star_stays_in_its_directory() {
+        let got = graph()
+            .select(
+                &["kernel/drivers/net/ethernet/intel/*.ko".into()],
+                &BTreeSet::new(),
+                "6.1",
+            )
+            .unwrap();
+        assert_eq!(names(&got), ["e100"]);
+        let got = graph()
+            .select(&["kernel/drivers/md/".into()], &BTreeSet::new(), "6.1")
+            .unwrap();
+        assert_eq!(names(&got), ["dm_mod", "dm_verity"]);
+    }
+
+    #[test]
+    fn unknown_modules_and_empty_globs_are_named() {
+        let err = graph()
+            .select(
+                &["nope".into(), "kernel/sound/**".into(), "loop".into()],
+                &BTreeSet::new(),
+                "6.1.0-50-amd64",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nope")
+                && err.contains("kernel/sound/** (matches no module)")
+                && err.contains("6.1.0-50-amd64")
+                && !err.contains("loop"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_line_is_located() {
+        let err = DepGraph::parse("a.ko:\nbroken line\n", Path::new("x/modules.dep"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("x/modules.dep:2:"), "{err}");
+    }
+
+    #[test]
+    fn glob_rules() {
+        assert!(glob_match("kernel/a/**", "kernel/a/b/c.ko"));
+        assert!(!glob_match("kernel/a/**", "kernel/ab/c.ko"));
+        assert!(glob_match("kernel/a/*.ko", "kernel/a/c.ko"));
+        assert!(!glob_match("kernel/a/*.ko", "kernel/a/b/c.ko"));
+        assert!(glob_match("kernel/a/", "kernel/a/b/c.ko"));
+        assert!(!glob_match("kernel/a/", "kernel/ab.ko"));
+    }
+}

@@ -1,0 +1,327 @@
+//! The QEMU command line for one node: firmware and boot path, blank disks,
+//! user networking with the API port forwarded, serial console, QMP.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::node::{NodeError, NodeOptions};
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+/// The port of the node's API inside the guest.
+pub const GUEST_API_PORT: u16 = 8443;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// `-kernel vmlinuz -initrd initramfs.img -append <cmdline>`.
+    Direct,
+    /// OVMF firmware booting the USB-stick image's EFI/BOOT/BOOTX64.EFI.
+    Uefi,
+    /// iPXE fetching boot.ipxe, the kernel and the initramfs over QEMU's TFTP.
+    Pxe,
+}
+
+impl std::str::FromStr for Boot {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "direct" => Ok(Boot::Direct),
+            "uefi" => Ok(Boot::Uefi),
+            "pxe" => Ok(Boot::Pxe),
+            other => Err(format!("{other:?} is not a boot path (direct, uefi, pxe)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Emulation: slow but works everywhere (KVM guests hang on our CI
+    /// machines, so this is the default).
+    Tcg,
+    Kvm,
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcg" => Ok(Accel::Tcg),
+            "kvm" => Ok(Accel::Kvm),
+            other => Err(format!("{other:?} is not an accelerator (tcg, kvm)")),
+        }
+    }
+}
+
+/// Where the serial console goes.
+pub enum Serial<'a> {
+    /// A file the caller reads (QEMU's monitor is off).
+    File(&'a Path),
+    /// This terminal, multiplexed with QEMU's monitor (Ctrl-A X quits).
+    Stdio,
+}
+
+fn need(opts: &NodeOptions, name: &str) -> Result<PathBuf, NodeError> {
+    let p = opts.image.join(name);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(NodeError::MissingArtifact(p))
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Io { what, source }
+}
+
+/// The built kernel command line plus `--append`.
+fn cmdline(opts: &NodeOptions) -> Result<String, NodeError> {
+    let path = need(opts, "cmdline")?;
+    let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+    let mut line = text.trim().to_string();
+    if let Some(extra) = opts.append.as_deref().filter(|e| !e.trim().is_empty()) {
+        line.push(' ');
+        line.push_str(extra.trim());
+    }
+    Ok(line)
+}
+
+fn initrd(opts: &NodeOptions) -> Result<PathBuf, NodeError> {
+    match &opts.initrd {
+        Some(p) if p.exists() => Ok(p.clone()),
+        Some(p) => Err(NodeError::MissingArtifact(p.clone())),
+        None => need(opts, "initramfs.img"),
+    }
+}
+
+/// The QEMU command line for `opts`, with per-run files (OVMF variables,
+/// blank disks, QMP socket, an overriding boot disk or TFTP root) in `dir`.
+pub fn qemu_command(opts: &NodeOptions, dir: &Path, serial: Serial) -> Result<Command, NodeError> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    let accel = match opts.accel {
+        Accel::Tcg => "tcg",
+        Accel::Kvm => "kvm",
+    };
+    cmd.args(["-accel", accel, "-machine", "q35"]);
+    cmd.args(["-m", &opts.memory_mib.to_string()]);
+    cmd.args(["-smp", &opts.cpus.to_string()]);
+    cmd.args(["-display", "none", "-nodefaults", "-no-user-config"]);
+    cmd.arg("-qmp").arg(format!(
+        "unix:{},server=on,wait=off",
+        dir.join("qmp.sock").display()
+    ));
+    match serial {
+        Serial::File(path) => cmd
+            .arg("-serial")
+            .arg(format!("file:{}", path.display()))
+            .args(["-monitor", "none"]),
+        Serial::Stdio => cmd.args(["-serial", "mon:stdio"]),
+    };
+    let overridden = opts.append.is_some() || opts.initrd.is_some();
+    let mut netdev = String::from("user,id=n0");
+    if let Some(port) = opts.api_port {
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{GUEST_API_PORT}"));
+    }
+    let mut nic = String::from("virtio-net-pci,netdev=n0");
+    match opts.boot {
+        Boot::Direct => {
+            cmd.arg("-kernel").arg(need(opts, "vmlinuz")?);
+            cmd.arg("-initrd").arg(initrd(opts)?);
+            cmd.arg("-append").arg(cmdline(opts)?);
+        }
+        Boot::Uefi => {
+            let vars = dir.join("OVMF_VARS.fd");
+            std::fs::copy(OVMF_VARS, &vars)
+                .map_err(io(format!("copying {OVMF_VARS} (Debian package ovmf)")))?;
+            cmd.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ));
+            cmd.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+            // snapshot=on: the guest never writes to the artifact.
+            let (file, format) = if overridden {
+                (usb_image(opts, dir)?, "raw")
+            } else {
+                (need(opts, "zeronode.qcow2")?, "qcow2")
+            };
+            cmd.arg("-drive").arg(format!(
+                "if=none,id=boot,format={format},snapshot=on,file={}",
+                file.display()
+            ));
+            cmd.args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
+        }
+        Boot::Pxe => {
+            let root = if overridden {
+                tftp_root(opts, dir)?
+            } else {
+                need(opts, "boot.ipxe")?;
+                opts.image.clone()
+            };
+            netdev.push_str(&format!(",tftp={},bootfile=boot.ipxe", root.display()));
+            nic.push_str(",bootindex=0");
+        }
+    }
+    cmd.args(["-netdev", &netdev, "-device", &nic]);
+    for i in 0..opts.disks {
+        let disk = dir.join(format!("disk{i}.qcow2"));
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg(&opts.disk_size)
+            .output()
+            .map_err(io("running qemu-img (Debian package qemu-utils)"))?;
+        if !out.status.success() {
+            return Err(NodeError::Io {
+                what: format!("qemu-img create {} {}", disk.display(), opts.disk_size),
+                source: std::io::Error::other(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ),
+            });
+        }
+        cmd.arg("-drive").arg(format!(
+            "if=none,id=data{i},format=qcow2,file={}",
+            disk.display()
+        ));
+        cmd.args([
+            "-device",
+            &format!("virtio-blk-pci,drive=data{i},serial=zeronode-data{i}"),
+        ]);
+    }
+    Ok(cmd)
+}
+
+/// A USB-stick image for this run: a UKI of the image's kernel with the
+/// chosen initramfs and command line, made by the image builder's code.
+fn usb_image(opts: &NodeOptions, dir: &Path) -> Result<PathBuf, NodeError> {
+    let write = |name: &str, body: &[u8]| -> Result<PathBuf, NodeError> {
+        let p = dir.join(name);
+        std::fs::write(&p, body).map_err(io(format!("writing {}", p.display())))?;
+        Ok(p)
+    };
+    let osrel = write("os-release", b"NAME=ZeroNode\nID=zeronode\n")?;
+    let cmdline = write("cmdline", cmdline(opts)?.as_bytes())?;
+    let efi = dir.join("boot.efi");
+    zeronode_image::uki::build(
+        &efi,
+        &osrel,
+        &cmdline,
+        &need(opts, "vmlinuz")?,
+        &initrd(opts)?,
+        0,
+    )?;
+    let bytes = std::fs::read(&efi).map_err(io(format!("reading {}", efi.display())))?;
+    let esp = zeronode_image::fat::image(&[("EFI/BOOT/BOOTX64.EFI", &bytes)], 1)?;
+    write(
+        "boot.img",
+        &zeronode_image::gpt::disk(&esp, b"zeronode-qemu"),
+    )
+}
+
+/// A TFTP root for this run: the image's kernel, the chosen initramfs and a
+/// boot.ipxe with the chosen command line.
+fn tftp_root(opts: &NodeOptions, dir: &Path) -> Result<PathBuf, NodeError> {
+    let root = dir.join("tftp");
+    std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+    let link = |from: PathBuf, name: &str| -> Result<(), NodeError> {
+        let from =
+            std::fs::canonicalize(&from).map_err(io(format!("resolving {}", from.display())))?;
+        std::os::unix::fs::symlink(from, root.join(name))
+            .map_err(io(format!("linking {name} into {}", root.display())))
+    };
+    link(need(opts, "vmlinuz")?, "vmlinuz")?;
+    link(initrd(opts)?, "initramfs.img")?;
+    let script = format!(
+        "#!ipxe\nkernel vmlinuz {}\ninitrd initramfs.img\nboot\n",
+        cmdline(opts)?
+    );
+    std::fs::write(root.join("boot.ipxe"), script).map_err(io("writing boot.ipxe"))?;
+    Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "cmdline",
+            "vmlinuz",
+            "initramfs.img",
+            "zeronode.qcow2",
+            "boot.ipxe",
+        ] {
+            std::fs::write(dir.path().join(f), "console=ttyS0\n").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn direct_and_pxe_command_lines() {
+        let img = image_dir();
+        let run = tempfile::tempdir().unwrap();
+        let mut o = NodeOptions::new(img.path(), Boot::Direct);
+        o.append = Some("zeronode.debug".into());
+        o.api_port = Some(18443);
+        o.disks = 2;
+        let c = format!("{:?}", qemu_command(&o, run.path(), Serial::Stdio).unwrap());
+        assert!(c.contains("\"console=ttyS0 zeronode.debug\""), "{c}");
+        assert!(c.contains("hostfwd=tcp:127.0.0.1:18443-:8443"), "{c}");
+        assert!(c.contains("\"-accel\" \"tcg\""), "{c}");
+        assert!(!c.contains("-no-reboot"), "Ctrl-Alt-Del must reboot: {c}");
+        assert!(run.path().join("disk1.qcow2").exists());
+        assert!(c.contains("serial=zeronode-data1"), "{c}");
+
+        o.boot = Boot::Pxe;
+        let c = format!("{:?}", qemu_command(&o, run.path(), Serial::Stdio).unwrap());
+        assert!(
+            c.contains("bootfile=boot.ipxe") && c.contains("bootindex=0"),
+            "{c}"
+        );
+        // --append under PXE: a TFTP root of this run's own.
+        let script = std::fs::read_to_string(run.path().join("tftp/boot.ipxe")).unwrap();
+        assert!(
+            script.contains("kernel vmlinuz console=ttyS0 zeronode.debug\n"),
+            "{script}"
+        );
+        assert!(run.path().join("tftp/initramfs.img").exists());
+
+        o.append = None;
+        let c = format!("{:?}", qemu_command(&o, run.path(), Serial::Stdio).unwrap());
+        assert!(
+            c.contains(&format!("tftp={},", img.path().display())),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn uefi_boots_a_snapshot_of_the_artifact() {
+        let img = image_dir();
+        let run = tempfile::tempdir().unwrap();
+        let o = NodeOptions::new(img.path(), Boot::Uefi);
+        let c = format!("{:?}", qemu_command(&o, run.path(), Serial::Stdio).unwrap());
+        assert!(
+            c.contains("snapshot=on") && c.contains("zeronode.qcow2"),
+            "{c}"
+        );
+        assert!(run.path().join("OVMF_VARS.fd").exists());
+        std::fs::remove_file(img.path().join("zeronode.qcow2")).unwrap();
+        assert!(matches!(
+            qemu_command(&o, run.path(), Serial::Stdio),
+            Err(NodeError::MissingArtifact(p)) if p.ends_with("zeronode.qcow2")
+        ));
+    }
+
+    #[test]
+    fn parse_choices() {
+        assert_eq!("pxe".parse::<Boot>(), Ok(Boot::Pxe));
+        assert!("bios"
+            .parse::<Boot>()
+            .unwrap_err()
+            .contains("direct, uefi, pxe"));
+        assert_eq!("kvm".parse::<Accel>(), Ok(Accel::Kvm));
+        assert!("hvf".parse::<Accel>().is_err());
+    }
+}
