@@ -7,5 +7,6 @@
 //! the host tests drive it. `control` exposes the supervisor over D-Bus.
 
 pub mod boot;
+pub mod control;
 pub mod run;
 pub mod supervisor;

@@ -3,13 +3,16 @@
 //! stop every service in reverse dependency order and say which power
 //! action was asked for.
 
+use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 
-use crate::supervisor::Supervisor;
+use crate::control::{self, Request};
+use crate::supervisor::{process, Channels, Supervisor};
 
 /// Where the `zeronode: ready in N ms` figure counts from.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +51,10 @@ pub enum PowerAction {
     PowerOff,
 }
 
+/// Runs the supervisor until a power action is asked for (SIGINT: reboot;
+/// SIGTERM, SIGUSR2 or a control call: power off / reboot), then stops
+/// every service in reverse dependency order and returns the action.
+/// Errors only when it cannot start at all (subreaper, signal handlers).
 pub async fn run(opts: RunOptions) -> anyhow::Result<PowerAction> {
     if opts.subreaper {
         nix::sys::prctl::set_child_subreaper(true).context("becoming a child subreaper")?;
@@ -58,17 +65,46 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<PowerAction> {
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigusr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
 
-    let (mut sup, mut events) = Supervisor::load(&opts.services_dir);
-    sup.start_all_ready();
+    let (req_tx, mut requests) = mpsc::unbounded_channel();
+    // Without its control socket the node still runs its services: an
+    // error here is reported, not a reason to stop.
+    let server = opts
+        .control_socket
+        .as_ref()
+        .and_then(|path| match control::serve(path, req_tx) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::error!("no control interface: {}: {e}", path.display());
+                None
+            }
+        });
+
+    if let Err(e) = process::prefer_supervisor() {
+        tracing::debug!("init keeps the services' priority: {e}");
+    }
+    let (mut sup, channels) = Supervisor::load(&opts.services_dir);
+    let Channels {
+        mut events,
+        mut logs,
+    } = channels;
+    // Children that ended before our handler existed (PID 1's boot) sent
+    // their SIGCHLD to nobody.
+    sup.reap();
+    sup.start_all();
     let mut ready_said = false;
     let action = loop {
         if !ready_said && sup.is_ready() {
-            println!("zeronode: ready in {} ms", opts.ready_clock.elapsed_ms());
+            say_ready(&opts.ready_clock);
             ready_said = true;
         }
         tokio::select! {
             _ = sigchld.recv() => sup.reap(),
+            Some(batch) = logs.recv() => sup.log(batch),
             Some(ev) = events.recv() => sup.handle(ev),
+            Some(req) = requests.recv() => match req {
+                Request::Command(op, reply) => sup.command(op, reply),
+                Request::Power(action) => break action,
+            },
             _ = sigint.recv() => break PowerAction::Reboot,
             _ = sigterm.recv() => break PowerAction::PowerOff,
             _ = sigusr2.recv() => break PowerAction::PowerOff,
@@ -78,14 +114,42 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<PowerAction> {
     sup.begin_shutdown();
     while !sup.all_stopped() {
         tokio::select! {
-            _ = sigchld.recv() => { sup.reap(); sup.stop_unblocked(); }
+            _ = sigchld.recv() => sup.reap(),
+            Some(batch) = logs.recv() => sup.log(batch),
             Some(ev) = events.recv() => sup.handle(ev),
+            Some(req) = requests.recv() => {
+                // Status still answers; starts are refused while shutting down.
+                if let Request::Command(op, reply) = req {
+                    sup.command(op, reply);
+                }
+            }
         }
     }
-    // Lines still in the pipes of stopped services.
-    while let Ok(ev) = events.try_recv() {
-        sup.handle(ev);
-    }
     tracing::info!("all services stopped");
+    // What the services wrote last, until every pipe is at EOF; a daemon
+    // that left a child holding its pipe does not hold up the shutdown.
+    sup.finish();
+    let drain = async {
+        while let Some(batch) = logs.recv().await {
+            sup.log(batch);
+        }
+    };
+    let _ = tokio::time::timeout(LOG_DRAIN, drain).await;
+    if let Some(server) = server {
+        server.abort();
+    }
+    if let Some(path) = &opts.control_socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(action)
+}
+
+/// How long output of stopped services may still arrive.
+const LOG_DRAIN: Duration = Duration::from_millis(200);
+
+/// The one line that says the node is up. Written in one call; a console
+/// that fails is not a reason to stop.
+fn say_ready(clock: &ReadyClock) {
+    let line = format!("zeronode: ready in {} ms\n", clock.elapsed_ms());
+    let _ = std::io::stdout().lock().write_all(line.as_bytes());
 }

@@ -1,87 +1,205 @@
 //! The service supervisor: starts services in dependency order (in
 //! parallel where the graph allows), captures their output, reaps every
-//! child (orphans too), restarts with back-off, and stops them in reverse
-//! order. It is driven by one task on a current-thread runtime: no thread
-//! per service, no locks.
+//! child (orphans too), restarts with back-off, checks health, and stops
+//! services in reverse order.
+//!
+//! One task drives it on a current-thread runtime (see `run`): no thread
+//! per service, no locks. Everything that happens later (a timer, a health
+//! result, output) comes back as an [`Event`] or a log [`logs::Batch`] on a
+//! channel; exits come from [`Supervisor::reap`] after SIGCHLD. When a
+//! service comes up only its own dependents are looked at again.
 
+pub mod backoff;
+pub mod command;
 pub mod graph;
+pub mod health;
 pub mod logs;
+pub mod process;
 pub mod service;
+pub mod shutdown;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
-use tokio::io::AsyncBufReadExt;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
 
-use self::logs::Ring;
+use self::backoff::Streak;
+use self::command::Waiter;
+use self::health::{Change, Checks, Probe};
+use self::logs::{Batch, Follower, Ring};
+use self::process::Exit;
 use self::service::{Kind, RestartPolicy, Service};
+
+/// Log batches waiting for the supervisor before capture tasks block.
+const LOG_QUEUE: usize = 256;
+/// How long a process may take to vanish after SIGKILL before it is
+/// written off (it can only be stuck in the kernel).
+const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Where a service is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
     /// Waiting for its dependencies.
     Waiting,
+    /// A longrun whose health check has not passed yet.
+    Starting {
+        pid: i32,
+    },
+    /// A longrun that is up, or a oneshot still at work.
     Running {
         pid: i32,
     },
-    /// A oneshot that finished with status 0.
+    /// A oneshot that exited 0.
     Done,
     /// Waiting out the back-off before a restart.
     Backoff,
     Stopping {
         pid: i32,
+        then: AfterStop,
     },
+    /// Ended and not to be restarted (exit 0 under on-failure/never, a stop).
     Stopped,
     /// Ended and not restarted; the reason says how.
     Failed(String),
-    /// Never started: bad dependency.
+    /// Never started: a bad dependency.
     Refused(String),
 }
 
+/// What happens once a stopping service has exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterStop {
+    /// Stays stopped (a stop command, shutdown).
+    Stay,
+    /// Starts again at once (a restart command).
+    Restart,
+    /// Its restart policy decides, as for a failure (it was unhealthy).
+    Policy,
+}
+
 impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Waiting => "waiting",
+            State::Starting { .. } => "starting",
+            State::Running { .. } => "running",
+            State::Done => "done",
+            State::Backoff => "backoff",
+            State::Stopping { .. } => "stopping",
+            State::Stopped => "stopped",
+            State::Failed(_) => "failed",
+            State::Refused(_) => "refused",
+        }
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        match *self {
+            State::Starting { pid } | State::Running { pid } | State::Stopping { pid, .. } => {
+                Some(pid)
+            }
+            _ => None,
+        }
+    }
+
+    /// A process of the service exists.
     fn is_alive(&self) -> bool {
-        matches!(self, State::Running { .. } | State::Stopping { .. })
+        self.pid().is_some()
     }
 }
 
-/// What the event loop reacts to, besides signals.
+/// Timers and health results. `run` is the service's start count when the
+/// event was scheduled: an event from an earlier run is ignored.
 #[derive(Debug)]
 pub enum Event {
-    Log { service: String, line: String },
-    Restart { service: String },
-    StopTimeout { service: String, pid: i32 },
+    Restart {
+        service: usize,
+        run: u64,
+    },
+    StopTimeout {
+        service: usize,
+        run: u64,
+    },
+    /// SIGKILL was sent KILL_GRACE ago and the process is still there.
+    KillTimeout {
+        service: usize,
+        run: u64,
+    },
+    HealthTick {
+        service: usize,
+        run: u64,
+    },
+    HealthResult {
+        service: usize,
+        run: u64,
+        passed: bool,
+        detail: String,
+    },
+    ProbeTimeout {
+        service: usize,
+        run: u64,
+        pid: i32,
+    },
 }
 
-pub struct Svc {
-    pub spec: Service,
-    pub state: State,
-    pub log: Ring,
-    restarts: u32,
+/// The receiving ends that `run` selects on.
+pub struct Channels {
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub logs: mpsc::Receiver<Batch>,
+}
+
+/// Whose child a pid is.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Service(usize),
+    Probe { service: usize, run: u64 },
+}
+
+struct Svc {
+    spec: Service,
+    state: State,
+    /// When `state` was entered.
+    since: Instant,
+    log: Ring,
+    followers: Vec<Follower>,
+    streak: Streak,
+    /// Start of the current or last run.
     started: Option<Instant>,
+    run: u64,
+    checks: Checks,
+    probe: Option<i32>,
+    /// Commands answered once the process has exited.
+    waiters: Vec<Waiter>,
+    /// Has left `Waiting` once (or was refused): counts for the ready line.
+    settled: bool,
 }
 
 pub struct Supervisor {
-    pub services: BTreeMap<String, Svc>,
-    dependents: BTreeMap<String, BTreeSet<String>>,
-    pids: HashMap<i32, String>,
-    events: UnboundedSender<Event>,
+    svcs: Vec<Svc>,
+    ids: HashMap<String, usize>,
+    /// For each service, the services it lists in `after` (known ones).
+    deps: Vec<Vec<usize>>,
+    /// For each service, the services that list it in `after`.
+    dependents: Vec<Vec<usize>>,
+    pids: HashMap<i32, Owner>,
+    events: mpsc::UnboundedSender<Event>,
+    /// None once shutdown has finished, so the log channel can close.
+    logs: Option<mpsc::Sender<Batch>>,
+    /// Services that may have become startable.
+    wake: Vec<usize>,
     shutting_down: bool,
+    /// Services marked `ready`, and how many of them are up now.
+    marked: usize,
+    marked_up: usize,
+    /// Services never started, refused or failed yet.
+    unsettled: usize,
 }
 
 impl Supervisor {
     /// Loads every `*.toml` in `dir`. A bad file or a bad dependency is
     /// logged as an error and leaves that service out; the rest still runs.
-    pub fn load(dir: &Path) -> (Supervisor, UnboundedReceiver<Event>) {
+    pub fn load(dir: &Path) -> (Supervisor, Channels) {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let mut specs = BTreeMap::new();
         let mut files: Vec<_> = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .flatten()
@@ -94,355 +212,534 @@ impl Supervisor {
             }
         };
         files.sort();
+        let mut specs = Vec::new();
         for path in files {
             match Service::load(&path, &passwd) {
-                Ok(s) => {
-                    specs.insert(s.name.clone(), s);
-                }
+                Ok(s) => specs.push(s),
                 Err(e) => tracing::error!("service file skipped: {e}"),
             }
         }
+        Supervisor::new(specs)
+    }
+
+    /// A supervisor for these services, none started yet.
+    pub fn new(specs: Vec<Service>) -> (Supervisor, Channels) {
         let after: BTreeMap<String, Vec<String>> = specs
             .iter()
-            .map(|(n, s)| (n.clone(), s.after.clone()))
+            .map(|s| (s.name.clone(), s.after.clone()))
             .collect();
         let refused = graph::refusals(&after);
-        let dependents = graph::dependents(&after);
-        let services = specs
+        let ids: HashMap<String, usize> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let deps: Vec<Vec<usize>> = specs
+            .iter()
+            .map(|s| s.after.iter().filter_map(|d| ids.get(d).copied()).collect())
+            .collect();
+        let mut dependents = vec![Vec::new(); specs.len()];
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                dependents[d].push(i);
+            }
+        }
+        let now = Instant::now();
+        let svcs: Vec<Svc> = specs
             .into_iter()
-            .map(|(name, spec)| {
-                let state = match refused.get(&name) {
+            .map(|spec| {
+                let state = match refused.get(&spec.name) {
                     Some(r) => {
-                        tracing::error!("service {name} refused: {r}");
+                        tracing::error!("service {} refused: {r}", spec.name);
                         State::Refused(r.to_string())
                     }
                     None => State::Waiting,
                 };
-                let log = Ring::new(spec.ring_bytes);
-                (
-                    name,
-                    Svc {
-                        spec,
-                        state,
-                        log,
-                        restarts: 0,
-                        started: None,
-                    },
-                )
+                Svc {
+                    settled: state != State::Waiting,
+                    log: Ring::new(spec.ring_bytes),
+                    spec,
+                    state,
+                    since: now,
+                    followers: Vec::new(),
+                    streak: Streak::default(),
+                    started: None,
+                    run: 0,
+                    checks: Checks::default(),
+                    probe: None,
+                    waiters: Vec::new(),
+                }
             })
             .collect();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (
-            Supervisor {
-                services,
-                dependents,
-                pids: HashMap::new(),
-                events: tx,
-                shutting_down: false,
-            },
-            rx,
-        )
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (logs, logs_rx) = mpsc::channel(LOG_QUEUE);
+        let sup = Supervisor {
+            marked: svcs.iter().filter(|s| s.spec.ready).count(),
+            marked_up: 0,
+            unsettled: svcs.iter().filter(|s| s.state == State::Waiting).count(),
+            svcs,
+            ids,
+            deps,
+            dependents,
+            pids: HashMap::new(),
+            events,
+            logs: Some(logs),
+            wake: Vec::new(),
+            shutting_down: false,
+        };
+        let channels = Channels {
+            events: events_rx,
+            logs: logs_rx,
+        };
+        (sup, channels)
     }
 
-    /// A dependency counts as up once a longrun runs or a oneshot is done.
-    fn is_up(&self, name: &str) -> bool {
-        self.services.get(name).is_some_and(|s| match s.spec.kind {
+    /// Starts every service whose dependencies are met (at first: those
+    /// with none); the others follow as their dependencies come up.
+    pub fn start_all(&mut self) {
+        self.wake.extend(0..self.svcs.len());
+        self.settle();
+    }
+
+    /// True once every service marked `ready` is up; with none marked, once
+    /// every service has been started, refused or has failed.
+    pub fn is_ready(&self) -> bool {
+        if self.marked > 0 {
+            self.marked_up == self.marked
+        } else {
+            self.unsettled == 0
+        }
+    }
+
+    /// A dependency counts as up once a longrun runs (healthy, if it has a
+    /// check) or a oneshot exited 0.
+    fn is_up(&self, id: usize) -> bool {
+        let s = &self.svcs[id];
+        match s.spec.kind {
             Kind::Longrun => matches!(s.state, State::Running { .. }),
             Kind::Oneshot => s.state == State::Done,
-        })
-    }
-
-    /// Starts every waiting service whose dependencies are up.
-    pub fn start_all_ready(&mut self) {
-        let names: Vec<String> = self.services.keys().cloned().collect();
-        self.start_eligible(names);
-    }
-
-    fn start_eligible(&mut self, candidates: impl IntoIterator<Item = String>) {
-        if self.shutting_down {
-            return;
         }
-        for name in candidates {
-            let eligible = self.services.get(&name).is_some_and(|s| {
-                s.state == State::Waiting && s.spec.after.iter().all(|d| self.is_up(d))
-            });
-            if eligible {
-                self.spawn(&name);
+    }
+
+    /// The one place a state changes, so the ready counters and the wake
+    /// list stay true.
+    fn set_state(&mut self, id: usize, state: State) {
+        let was_up = self.is_up(id);
+        let svc = &mut self.svcs[id];
+        if !svc.settled && state != State::Waiting {
+            svc.settled = true;
+            self.unsettled = self.unsettled.saturating_sub(1);
+        }
+        svc.state = state;
+        svc.since = Instant::now();
+        let up = self.is_up(id);
+        if self.svcs[id].spec.ready && was_up != up {
+            if up {
+                self.marked_up += 1;
+            } else {
+                self.marked_up = self.marked_up.saturating_sub(1);
+            }
+        }
+        if up && !was_up {
+            self.wake.extend_from_slice(&self.dependents[id]);
+        }
+    }
+
+    /// Starts whatever the last changes made startable.
+    fn settle(&mut self) {
+        while let Some(id) = self.wake.pop() {
+            if !self.shutting_down
+                && self.svcs[id].state == State::Waiting
+                && self.deps[id].iter().all(|&d| self.is_up(d))
+            {
+                self.spawn(id);
             }
         }
     }
 
-    fn spawn(&mut self, name: &str) {
-        let Some(svc) = self.services.get_mut(name) else {
-            return;
-        };
-        let spec = &svc.spec;
-        let mut cmd = Command::new(&spec.command[0]);
-        cmd.args(&spec.command[1..])
-            .envs(&spec.env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a stop reaches what it forked too.
-            .process_group(0);
-        if std::env::var_os("PATH").is_none() && !spec.env.contains_key("PATH") {
-            cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        }
-        if let Some(dir) = &spec.workdir {
-            cmd.current_dir(dir);
-        }
-        if let Some((uid, gid)) = spec.user {
-            cmd.uid(uid).gid(gid);
-        }
-        match cmd.spawn() {
-            Ok(mut child) => {
-                let pid = child.id() as i32;
-                // The Child is dropped without wait(): the reaper collects every exit.
-                for stream in [
-                    child.stdout.take().map(OwnedFd::from),
-                    child.stderr.take().map(OwnedFd::from),
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    capture(name.to_string(), stream, self.events.clone());
+    fn spawn(&mut self, id: usize) {
+        let svc = &mut self.svcs[id];
+        svc.run += 1;
+        svc.started = Some(Instant::now());
+        svc.checks = Checks::default();
+        let name = svc.spec.name.clone();
+        match process::spawn(&svc.spec.command, &svc.spec, true) {
+            Ok(spawned) => {
+                let pid = spawned.pid;
+                self.pids.insert(pid, Owner::Service(id));
+                if let (Some(fd), Some(tx)) = (spawned.output, &self.logs) {
+                    if let Err(e) = logs::capture(id, fd, tx.clone()) {
+                        tracing::warn!("{name}: cannot capture output: {e}");
+                    }
                 }
-                svc.state = State::Running { pid };
-                svc.started = Some(Instant::now());
-                self.pids.insert(pid, name.to_string());
-                tracing::info!("{name}: running (pid {pid})");
-                if svc.spec.kind == Kind::Longrun {
-                    self.wake_dependents(name);
+                let starting =
+                    self.svcs[id].spec.kind == Kind::Longrun && self.svcs[id].spec.health.is_some();
+                if starting {
+                    tracing::info!("{name}: started (pid {pid}), waiting for its health check");
+                    self.set_state(id, State::Starting { pid });
+                    let delay = self.svcs[id]
+                        .spec
+                        .health
+                        .as_ref()
+                        .map_or(Duration::ZERO, |h| h.start_interval);
+                    let run = self.svcs[id].run;
+                    self.after(delay, Event::HealthTick { service: id, run });
+                } else {
+                    tracing::info!("{name}: running (pid {pid})");
+                    self.set_state(id, State::Running { pid });
                 }
             }
             Err(e) => {
-                tracing::error!("{name}: cannot start {:?}: {e}", spec.command[0]);
-                self.after_exit(name, false, format!("cannot start: {e}"));
+                let how = format!("cannot start {:?}: {e}", self.svcs[id].spec.command[0]);
+                tracing::error!("{name}: {how}");
+                self.after_exit(id, false, how);
             }
         }
     }
 
-    fn wake_dependents(&mut self, name: &str) {
-        let next: Vec<String> = self
-            .dependents
-            .get(name)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-        self.start_eligible(next);
+    /// Sends `event` back to the loop after `delay`.
+    fn after(&self, delay: Duration, event: Event) {
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(event);
+        });
     }
 
-    /// Collects every exited child; services learn their fate, orphans are
-    /// just reaped.
+    /// Collects every exited child: services learn their fate, probes give
+    /// their verdict, orphans are just reaped.
     pub fn reap(&mut self) {
-        loop {
-            let (pid, success, how) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => {
-                    (pid, code == 0, format!("exited with status {code}"))
+        for (pid, exit) in process::reap() {
+            match self.pids.remove(&pid) {
+                Some(Owner::Service(id)) => self.on_exit(id, exit),
+                Some(Owner::Probe { service, run }) => {
+                    if self.svcs[service].probe == Some(pid) {
+                        self.svcs[service].probe = None;
+                    }
+                    let detail = format!("check {exit}");
+                    self.on_health(service, run, exit.success(), detail);
                 }
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, false, format!("killed by {sig}")),
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(_) => continue,
-            };
-            if let Some(name) = self.pids.remove(&pid.as_raw()) {
-                self.on_exit(&name, success, how);
-            } else {
-                tracing::debug!("reaped orphan {pid} ({how})");
+                None => tracing::debug!("reaped orphan {pid} ({exit})"),
             }
         }
+        self.settle();
     }
 
-    fn on_exit(&mut self, name: &str, success: bool, how: String) {
-        let Some(svc) = self.services.get_mut(name) else {
-            return;
-        };
-        if self.shutting_down || matches!(svc.state, State::Stopping { .. }) {
-            tracing::info!("{name}: stopped ({how})");
-            svc.state = State::Stopped;
-            return;
+    fn on_exit(&mut self, id: usize, exit: Exit) {
+        let name = self.svcs[id].spec.name.clone();
+        match self.svcs[id].state.clone() {
+            State::Stopping { then, .. } => {
+                tracing::info!("{name}: stopped ({exit})");
+                match then {
+                    AfterStop::Stay => self.set_state(id, State::Stopped),
+                    AfterStop::Restart if !self.shutting_down => {
+                        self.svcs[id].streak = Streak::default();
+                        self.spawn(id);
+                    }
+                    AfterStop::Restart => self.set_state(id, State::Stopped),
+                    AfterStop::Policy => self.after_exit(id, false, "unhealthy".into()),
+                }
+            }
+            _ if self.shutting_down => {
+                tracing::info!("{name}: {exit} during shutdown");
+                self.set_state(id, State::Stopped);
+            }
+            _ if self.svcs[id].spec.kind == Kind::Oneshot && exit.success() => {
+                tracing::info!("{name}: done");
+                self.svcs[id].streak = Streak::default();
+                self.set_state(id, State::Done);
+            }
+            _ => {
+                if exit.success() {
+                    tracing::info!("{name}: {exit}");
+                } else {
+                    tracing::warn!("{name}: {exit}");
+                }
+                self.after_exit(id, exit.success(), exit.to_string());
+            }
         }
-        if svc.spec.kind == Kind::Oneshot && success {
-            tracing::info!("{name}: done");
-            svc.state = State::Done;
-            self.wake_dependents(name);
-            return;
+        if self.shutting_down {
+            self.stop_unblocked_dependencies(id);
         }
-        tracing::warn!("{name}: {how}");
-        self.after_exit(name, success, how);
+        self.answer_waiters(id);
     }
 
-    /// Restart with back-off, or give up, per the service's policy.
-    fn after_exit(&mut self, name: &str, success: bool, how: String) {
-        let Some(svc) = self.services.get_mut(name) else {
-            return;
-        };
+    /// Restart with back-off, or give up, per the service's policy. For a
+    /// oneshot, exit 0 is done and never gets here.
+    fn after_exit(&mut self, id: usize, success: bool, how: String) {
+        let svc = &mut self.svcs[id];
         let restart = match svc.spec.policy {
             RestartPolicy::Always => true,
             RestartPolicy::OnFailure => !success,
             RestartPolicy::Never => false,
         };
-        if !restart {
-            svc.state = if success {
+        if self.shutting_down || !restart {
+            let state = if success {
                 State::Stopped
             } else {
                 State::Failed(how)
             };
+            self.set_state(id, state);
+            if !success {
+                self.fail_waiting_dependents(id);
+            }
             return;
         }
-        if svc
-            .started
-            .is_some_and(|t| t.elapsed() >= svc.spec.restart.reset_after)
-        {
-            svc.restarts = 0;
-        }
-        let delay = svc.spec.restart.delay(svc.restarts);
-        svc.restarts = svc.restarts.saturating_add(1);
-        svc.state = State::Backoff;
+        let ran_for = svc.started.map_or(Duration::ZERO, |t| t.elapsed());
+        let delay = svc.streak.next_delay(&svc.spec.restart, ran_for);
         tracing::info!(
-            "{name}: restart {} in {} ms",
-            svc.restarts,
+            "{}: restart {} in {} ms",
+            svc.spec.name,
+            svc.streak.restarts,
             delay.as_millis()
         );
-        let tx = self.events.clone();
-        let service = name.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = tx.send(Event::Restart { service });
-        });
+        let run = svc.run;
+        self.set_state(id, State::Backoff);
+        self.after(delay, Event::Restart { service: id, run });
+    }
+
+    /// Services waiting (directly or not) on a service that failed for good
+    /// will not start either: say so instead of leaving them waiting.
+    fn fail_waiting_dependents(&mut self, id: usize) {
+        let mut todo: Vec<(usize, usize)> = self.dependents[id].iter().map(|&d| (d, id)).collect();
+        while let Some((d, cause)) = todo.pop() {
+            if self.svcs[d].state == State::Waiting {
+                let reason = format!("dependency {} failed", self.svcs[cause].spec.name);
+                tracing::error!("{}: not started: {reason}", self.svcs[d].spec.name);
+                self.set_state(d, State::Failed(reason));
+                todo.extend(self.dependents[d].iter().map(|&dd| (dd, d)));
+            }
+        }
     }
 
     pub fn handle(&mut self, event: Event) {
         match event {
-            Event::Log { service, line } => {
-                if let Some(svc) = self.services.get_mut(&service) {
-                    if svc.spec.console {
-                        println!("[{service}] {line}");
+            Event::Restart { service, run } => {
+                let s = &self.svcs[service];
+                if !self.shutting_down && s.run == run && s.state == State::Backoff {
+                    self.spawn(service);
+                }
+            }
+            Event::StopTimeout { service, run } => {
+                let s = &self.svcs[service];
+                if let (true, State::Stopping { pid, .. }) = (s.run == run, &s.state) {
+                    tracing::warn!(
+                        "{}: still running {} ms after {}, killing it",
+                        s.spec.name,
+                        s.spec.stop_timeout.as_millis(),
+                        s.spec.stop_signal
+                    );
+                    process::signal_group(*pid, Signal::SIGKILL);
+                    self.after(KILL_GRACE, Event::KillTimeout { service, run });
+                }
+            }
+            Event::KillTimeout { service, run } => {
+                let s = &self.svcs[service];
+                if let (true, State::Stopping { pid, .. }) = (s.run == run, &s.state) {
+                    // Stuck in the kernel (uninterruptible sleep): give up on
+                    // it so the rest of a shutdown goes on; its exit, if it
+                    // ever comes, is reaped as an orphan's.
+                    tracing::error!(
+                        "{}: pid {pid} survived SIGKILL for {} s, leaving it",
+                        s.spec.name,
+                        KILL_GRACE.as_secs()
+                    );
+                    let pid = *pid;
+                    self.pids.remove(&pid);
+                    self.set_state(service, State::Failed("did not exit after SIGKILL".into()));
+                    if self.shutting_down {
+                        self.stop_unblocked_dependencies(service);
                     }
-                    svc.log.push(line);
+                    self.answer_waiters(service);
                 }
             }
-            Event::Restart { service } => {
-                if !self.shutting_down
-                    && self
-                        .services
-                        .get(&service)
-                        .is_some_and(|s| s.state == State::Backoff)
-                {
-                    self.spawn(&service);
-                }
-            }
-            Event::StopTimeout { service, pid } => {
-                if self
-                    .services
-                    .get(&service)
-                    .is_some_and(|s| s.state == State::Stopping { pid })
-                {
-                    tracing::warn!("{service}: did not stop in time, killing it");
-                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            Event::HealthTick { service, run } => self.probe(service, run),
+            Event::HealthResult {
+                service,
+                run,
+                passed,
+                detail,
+            } => self.on_health(service, run, passed, detail),
+            Event::ProbeTimeout { service, run, pid } => {
+                if self.svcs[service].run == run && self.svcs[service].probe == Some(pid) {
+                    tracing::debug!("{}: health check timed out", self.svcs[service].spec.name);
+                    process::signal_group(pid, Signal::SIGKILL);
                 }
             }
         }
+        self.settle();
     }
 
-    /// True once every service marked `ready` is up; with none marked, once
-    /// every service that can start has.
-    pub fn is_ready(&self) -> bool {
-        let marked: Vec<&String> = self
-            .services
-            .iter()
-            .filter(|(_, s)| s.spec.ready)
-            .map(|(n, _)| n)
-            .collect();
-        if marked.is_empty() {
-            self.services.iter().all(|(n, s)| {
-                matches!(s.state, State::Refused(_) | State::Failed(_)) || self.is_up(n)
-            })
-        } else {
-            marked.iter().all(|n| self.is_up(n))
+    /// Runs one health check of the current run.
+    fn probe(&mut self, id: usize, run: u64) {
+        let s = &self.svcs[id];
+        let current = matches!(s.state, State::Starting { .. } | State::Running { .. });
+        let Some(h) = s.spec.health.clone() else {
+            return;
+        };
+        if self.shutting_down || s.run != run || !current || s.probe.is_some() {
+            return;
         }
-    }
-
-    /// Begins the ordered stop: nothing new starts, and a service gets its
-    /// stop signal once every service depending on it has stopped.
-    pub fn begin_shutdown(&mut self) {
-        self.shutting_down = true;
-        for svc in self.services.values_mut() {
-            if matches!(svc.state, State::Waiting | State::Backoff) {
-                svc.state = State::Stopped;
+        match &h.probe {
+            Probe::Command(argv) => match process::spawn(argv, &s.spec, false) {
+                Ok(p) => {
+                    self.pids.insert(p.pid, Owner::Probe { service: id, run });
+                    self.svcs[id].probe = Some(p.pid);
+                    self.after(
+                        h.timeout,
+                        Event::ProbeTimeout {
+                            service: id,
+                            run,
+                            pid: p.pid,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let detail = format!("cannot run check {:?}: {e}", argv[0]);
+                    self.on_health(id, run, false, detail);
+                }
+            },
+            socket => {
+                let (tx, probe) = (self.events.clone(), socket.clone());
+                tokio::spawn(async move {
+                    let result = health::connect(&probe, h.timeout).await;
+                    let _ = tx.send(Event::HealthResult {
+                        service: id,
+                        run,
+                        passed: result.is_ok(),
+                        detail: result.err().unwrap_or_default(),
+                    });
+                });
             }
         }
-        self.stop_unblocked();
     }
 
-    /// Sends stop signals to every running service none of whose dependents
-    /// is still alive. Call after each reap while shutting down.
-    pub fn stop_unblocked(&mut self) {
-        let ready: Vec<(String, i32)> = self
-            .services
-            .iter()
-            .filter_map(|(name, s)| match s.state {
-                State::Running { pid } => Some((name, pid)),
-                _ => None,
-            })
-            .filter(|(name, _)| {
-                self.dependents
-                    .get(*name)
-                    .into_iter()
-                    .flatten()
-                    .all(|d| !self.services.get(d).is_some_and(|s| s.state.is_alive()))
-            })
-            .map(|(n, pid)| (n.clone(), pid))
-            .collect();
-        for (name, pid) in ready {
-            let Some(svc) = self.services.get_mut(&name) else {
-                continue;
-            };
-            tracing::info!("{name}: stopping ({})", svc.spec.stop_signal);
-            let _ = killpg(Pid::from_raw(pid), svc.spec.stop_signal);
-            svc.state = State::Stopping { pid };
-            let (tx, timeout) = (self.events.clone(), svc.spec.stop_timeout);
-            tokio::spawn(async move {
-                tokio::time::sleep(timeout).await;
-                let _ = tx.send(Event::StopTimeout { service: name, pid });
-            });
+    fn on_health(&mut self, id: usize, run: u64, passed: bool, detail: String) {
+        let s = &mut self.svcs[id];
+        let pid = match s.state {
+            State::Starting { pid } | State::Running { pid } if s.run == run => pid,
+            _ => return,
+        };
+        let Some(h) = s.spec.health.clone() else {
+            return;
+        };
+        let name = s.spec.name.clone();
+        match s.checks.record(passed, h.retries) {
+            Change::BecameHealthy => {
+                tracing::info!("{name}: healthy, running (pid {pid})");
+                self.set_state(id, State::Running { pid });
+            }
+            Change::BecameUnhealthy => {
+                tracing::error!(
+                    "{name}: unhealthy after {} failed checks ({detail}), stopping it",
+                    h.retries
+                );
+                self.stop(id, AfterStop::Policy);
+                return;
+            }
+            Change::None if !passed => {
+                tracing::debug!("{name}: health check failed: {detail}");
+            }
+            Change::None => {}
         }
+        let next = self.svcs[id].checks.next_in(&h);
+        self.after(next, Event::HealthTick { service: id, run });
     }
 
-    /// True once no service process is left.
-    pub fn all_stopped(&self) -> bool {
-        !self.services.values().any(|s| s.state.is_alive())
+    /// Sends the stop signal to a running service; SIGKILL follows after
+    /// its stop timeout.
+    fn stop(&mut self, id: usize, then: AfterStop) {
+        let Some(pid) = self.svcs[id].state.pid() else {
+            return;
+        };
+        let s = &self.svcs[id];
+        tracing::info!("{}: stopping ({})", s.spec.name, s.spec.stop_signal);
+        process::signal_group(pid, s.spec.stop_signal);
+        let (timeout, run) = (s.spec.stop_timeout, s.run);
+        self.set_state(id, State::Stopping { pid, then });
+        self.after(timeout, Event::StopTimeout { service: id, run });
+    }
+
+    /// Takes a batch of output: into the ring, to the console, to followers.
+    pub fn log(&mut self, batch: Batch) {
+        let Some(s) = self.svcs.get_mut(batch.service) else {
+            return;
+        };
+        if s.spec.console {
+            logs::to_console(&s.spec.name, &batch.lines);
+        }
+        for line in &batch.lines {
+            s.followers.retain(|f| f.send(line));
+        }
+        for line in batch.lines {
+            s.log.push(line);
+        }
     }
 }
 
-/// Reads one output stream of a service line by line into events.
-fn capture(service: String, fd: OwnedFd, events: UnboundedSender<Event>) {
-    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-        Ok(p) => p,
-        Err(e) => return tracing::warn!("{service}: cannot capture output: {e}"),
-    };
-    tokio::spawn(async move {
-        let mut reader = tokio::io::BufReader::new(pipe);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\n', '\r'])
-                        .to_string();
-                    if events
-                        .send(Event::Log {
-                            service: service.clone(),
-                            line,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs(defs: &[(&str, &str)]) -> Vec<Service> {
+        defs.iter()
+            .map(|(name, text)| {
+                Service::parse(name, text, Path::new(&format!("{name}.toml")), "").unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn refused_services_are_settled_and_the_rest_wait() {
+        let (sup, _ch) = Supervisor::new(specs(&[
+            ("a", "command = [\"/bin/true\"]\nafter = [\"ghost\"]"),
+            ("b", "command = [\"/bin/true\"]\nafter = [\"a\"]"),
+            ("c", "command = [\"/bin/true\"]\nready = true"),
+        ]));
+        assert_eq!(sup.svcs[0].state.name(), "refused");
+        assert_eq!(sup.svcs[1].state.name(), "refused");
+        assert_eq!(sup.svcs[2].state, State::Waiting);
+        assert_eq!((sup.unsettled, sup.marked, sup.marked_up), (1, 1, 0));
+        assert!(!sup.is_ready());
+        assert_eq!(sup.dependents[0], [1]);
+    }
+
+    #[test]
+    fn ready_counters_follow_state_changes() {
+        let (mut sup, _ch) = Supervisor::new(specs(&[
+            ("db", "command = [\"/bin/true\"]\nready = true"),
+            ("web", "command = [\"/bin/true\"]\nafter = [\"db\"]"),
+            ("init", "command = [\"/bin/true\"]\nkind = \"oneshot\""),
+        ]));
+        sup.set_state(0, State::Running { pid: 1 });
+        assert!(sup.is_ready());
+        assert_eq!(sup.wake, [1], "only the dependents of db are woken");
+        sup.set_state(0, State::Backoff);
+        assert!(!sup.is_ready());
+        sup.set_state(2, State::Running { pid: 2 });
+        assert!(!sup.is_up(2), "a running oneshot is not up");
+        sup.set_state(2, State::Done);
+        assert!(sup.is_up(2));
+    }
+
+    #[test]
+    fn a_failed_dependency_fails_waiting_dependents() {
+        let (mut sup, _ch) = Supervisor::new(specs(&[
+            ("a", "command = [\"/bin/true\"]\nkind = \"oneshot\""),
+            ("b", "command = [\"/bin/true\"]\nafter = [\"a\"]"),
+            ("c", "command = [\"/bin/true\"]\nafter = [\"b\"]"),
+        ]));
+        sup.set_state(0, State::Running { pid: 1 });
+        sup.after_exit(0, false, "exited with status 1".into());
+        assert_eq!(
+            sup.svcs[0].state,
+            State::Failed("exited with status 1".into())
+        );
+        assert_eq!(
+            sup.svcs[2].state,
+            State::Failed("dependency b failed".into())
+        );
+        assert_eq!(sup.unsettled, 0);
+        assert!(sup.is_ready());
+    }
 }
