@@ -120,14 +120,88 @@ fn pxe_boot() -> Check {
     Ok(())
 }
 
+/// The console tool, run on the host against the node's control port,
+/// lists the image's services as running and powers the node off.
+fn console_tool_lists_services_and_powers_off() -> Check {
+    let mut node = start(&opts(Boot::Direct))?;
+    node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    let socket = node.control_socket();
+    let znctl = |args: &[&str]| -> Result<String, String> {
+        let out = std::process::Command::new(znctl_path())
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .map_err(|e| format!("running {}: {e}", znctl_path().display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "znctl {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // The bridge starts with the services; give it a moment after ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let table = loop {
+        match znctl(&["list"]) {
+            Ok(t) => break t,
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("control-port"))
+        .unwrap_or_default();
+    ensure(row.contains("running"), || {
+        format!("control-port is not running:\n{table}")
+    })?;
+    let json = znctl(&["--json", "status", "control-port"])?;
+    ensure(json.contains("\"state\": \"running\""), || {
+        format!("status says: {json}")
+    })?;
+    let unknown = znctl(&["status", "no-such-service"]);
+    ensure(
+        unknown
+            .as_ref()
+            .is_err_and(|e| e.contains("no-such-service")),
+        || format!("unknown service: {unknown:?}"),
+    )?;
+    znctl(&["poweroff"])?;
+    node.wait_for_line("kernel power-down", Duration::from_secs(60), |l| {
+        l.contains("reboot: Power down")
+    })
+    .map_err(|e| e.to_string())?;
+    node.wait_exit(Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The host's znctl, built beside this test binary (target/<profile>/).
+fn znctl_path() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    profile_dir.join("znctl")
+}
+
 fn main() {
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (
             "direct_boot_ready_then_power_button",
             direct_boot_ready_then_power_button,
         ),
         ("ctrl_alt_del_reboots", ctrl_alt_del_reboots),
+        (
+            "console_tool_lists_services_and_powers_off",
+            console_tool_lists_services_and_powers_off,
+        ),
         (
             "tampered_image_stops_the_boot",
             tampered_image_stops_the_boot,

@@ -10,6 +10,10 @@ const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 /// The port of the node's API inside the guest.
 pub const GUEST_API_PORT: u16 = 8443;
+/// The virtio-serial port's name, as the node looks for it.
+pub const CONTROL_PORT: &str = "org.zeronode.control";
+/// The host end of that port, in the run directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Boot {
@@ -164,6 +168,18 @@ pub fn qemu_command(opts: &NodeOptions, dir: &Path, serial: Serial) -> Result<Co
         }
     }
     cmd.args(["-netdev", &netdev, "-device", &nic]);
+    // The console tool's channel: a virtio-serial port that the node's
+    // control-port service joins to PID 1's control socket, so
+    // `znctl --socket <run dir>/control.sock` works from the host.
+    cmd.args(["-device", "virtio-serial-pci,id=vser0"]);
+    cmd.arg("-chardev").arg(format!(
+        "socket,id=control,path={},server=on,wait=off",
+        dir.join(CONTROL_SOCKET).display()
+    ));
+    cmd.args([
+        "-device",
+        &format!("virtserialport,bus=vser0.0,chardev=control,name={CONTROL_PORT}"),
+    ]);
     for i in 0..opts.disks {
         let disk = dir.join(format!("disk{i}.qcow2"));
         let out = Command::new("qemu-img")

@@ -174,6 +174,11 @@ impl Node {
         self.api_port
     }
 
+    /// The host end of the node's control port: give it to `znctl --socket`.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.path().join(crate::command::CONTROL_SOCKET)
+    }
+
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.path().join("qmp.sock")
     }
@@ -340,6 +345,10 @@ pub fn run_interactive(opts: &NodeOptions) -> Result<ExitStatus, NodeError> {
         .tempdir()
         .map_err(io("creating a run directory"))?;
     let mut cmd: Command = qemu_command(opts, dir.path(), Serial::Stdio)?;
+    eprintln!(
+        "zeronode-qemu: console below (Ctrl-A X quits); from another terminal: znctl --socket {} list",
+        dir.path().join(crate::command::CONTROL_SOCKET).display()
+    );
     cmd.status().map_err(io("running qemu-system-x86_64"))
 }
 

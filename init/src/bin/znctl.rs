@@ -20,6 +20,10 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Give up on an init that does not answer within this many seconds
+    /// (exit status 3). `logs -f` is bounded only until it starts.
+    #[arg(long, global = true, default_value_t = 10)]
+    timeout: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -50,6 +54,13 @@ enum Cmd {
     Reboot,
     /// Stop every service in order and power off.
     Poweroff,
+    /// Join a virtio-serial port to the control socket, so znctl on the VM
+    /// host can reach this node (run by the control-port service; exits 0
+    /// at once where the port does not exist, as on hardware).
+    ServePort {
+        #[arg(long, default_value = "org.zeronode.control")]
+        port: String,
+    },
 }
 
 enum Failure {
@@ -59,6 +70,15 @@ enum Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::ServePort { port } = &cli.cmd {
+        return match port_bridge::serve(port, &cli.socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("znctl serve-port: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -69,7 +89,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(call(&cli)) {
+    let limit = std::time::Duration::from_secs(cli.timeout);
+    let outcome = runtime.block_on(async {
+        tokio::time::timeout(limit, call(&cli))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::Unreachable(format!(
+                    "no answer from {} within {} s",
+                    cli.socket.display(),
+                    cli.timeout
+                )))
+            })
+    });
+    match outcome {
         Ok(Some(follow)) => {
             drop(runtime);
             copy_until_closed(follow)
@@ -130,10 +162,25 @@ async fn call(cli: &Cli) -> Result<Option<std::os::fd::OwnedFd>, Failure> {
                 }
             }
         }
-        Cmd::Reboot => proxy.reboot().await.map_err(failed)?,
-        Cmd::Poweroff => proxy.power_off().await.map_err(failed)?,
+        // The node may stop the path the reply would take (the control port
+        // is a service too): the request went out, so the connection
+        // closing is the node going down.
+        Cmd::Reboot => proxy.reboot().await.or_else(going_down).map_err(failed)?,
+        Cmd::Poweroff => proxy
+            .power_off()
+            .await
+            .or_else(going_down)
+            .map_err(failed)?,
+        Cmd::ServePort { .. } => {}
     }
     Ok(None)
+}
+
+fn going_down(e: Error) -> Result<(), Error> {
+    match e {
+        Error::ZBus(zbus::Error::InputOutput(_)) => Ok(()),
+        other => Err(other),
+    }
 }
 
 /// The D-Bus error's message without the zbus wrapping.
@@ -254,5 +301,95 @@ fn duration(ms: u64) -> String {
         0..=9_999 => format!("{:.1}s", ms as f64 / 1000.0),
         10_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
         _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
+/// Bytes between a virtio-serial port and the control socket, one D-Bus
+/// session per host connection. Unix fds cannot cross the port, so
+/// `logs -f` works only on the node itself.
+mod port_bridge {
+    use std::fs::{File, OpenOptions};
+    use std::io::{self, Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    /// The device of the virtio-serial port called `name`, if there is one.
+    pub fn find_port(sys_class: &Path, name: &str) -> Option<PathBuf> {
+        let entries = std::fs::read_dir(sys_class).ok()?;
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name)
+            })
+            .map(|e| Path::new("/dev").join(e.file_name()))
+            .collect();
+        found.sort();
+        found.into_iter().next()
+    }
+
+    pub fn serve(name: &str, socket: &Path) -> io::Result<()> {
+        let Some(dev) = find_port(Path::new("/sys/class/virtio-ports"), name) else {
+            println!("no virtio port {name:?} on this machine: nothing to serve");
+            return Ok(());
+        };
+        let mut port = OpenOptions::new().read(true).write(true).open(&dev)?;
+        println!("serving {} on {}", socket.display(), dev.display());
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // With no host connected, a read returns 0 at once: wait and look again.
+            let n = port.read(&mut buf)?;
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            if let Err(e) = session(&mut port, &buf[..n], socket) {
+                eprintln!("session ended: {e}");
+            }
+        }
+    }
+
+    /// One host connection: from its first bytes until it goes away.
+    fn session(port: &mut File, first: &[u8], socket: &Path) -> io::Result<()> {
+        let mut init = UnixStream::connect(socket)?;
+        init.write_all(first)?;
+        let mut to_port = init.try_clone()?;
+        let mut port_out = port.try_clone()?;
+        let back = std::thread::spawn(move || io::copy(&mut to_port, &mut port_out));
+        let mut buf = vec![0u8; 64 * 1024];
+        let result = loop {
+            match port.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    if let Err(e) = init.write_all(&buf[..n]) {
+                        break Err(e);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = init.shutdown(std::net::Shutdown::Both);
+        let _ = back.join();
+        result
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn finds_the_port_by_name() {
+            let sys = tempfile::tempdir().unwrap();
+            for (dev, name) in [("vport1p1", "org.zeronode.control"), ("vport1p2", "other")] {
+                std::fs::create_dir(sys.path().join(dev)).unwrap();
+                std::fs::write(sys.path().join(dev).join("name"), format!("{name}\n")).unwrap();
+            }
+            assert_eq!(
+                find_port(sys.path(), "org.zeronode.control"),
+                Some(PathBuf::from("/dev/vport1p1"))
+            );
+            assert_eq!(find_port(sys.path(), "nope"), None);
+            assert_eq!(find_port(&sys.path().join("missing"), "other"), None);
+        }
     }
 }

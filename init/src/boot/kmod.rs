@@ -433,6 +433,13 @@ impl Loader {
     pub fn coldplug(&mut self, sys: &Path, fixed: &[String]) -> LoadReport {
         let mut report = LoadReport::default();
         let mut seen_aliases = HashSet::new();
+        // Devices that a driver loaded here brings (virtio_pci's virtio
+        // devices...) are probed asynchronously and may miss the next scan
+        // of /sys; the kernel announces each one as a uevent, so listen
+        // before loading anything.
+        let uevents = Uevents::open()
+            .map_err(|e| tracing::warn!("no uevent socket ({e}): late devices may lack drivers"))
+            .ok();
         let mut wanted = fixed.to_vec();
         for _round in 0..8 {
             for alias in modaliases(sys) {
@@ -440,16 +447,112 @@ impl Loader {
                     wanted.extend(self.index.lookup_alias(&alias));
                 }
             }
-            wanted.sort();
-            wanted.dedup();
-            wanted.retain(|m| !self.present(m));
-            if wanted.is_empty() {
+            if !self.load_wanted(&mut wanted, &mut report) {
                 break;
             }
-            self.load_many(std::mem::take(&mut wanted), &mut report);
+        }
+        let Some(uevents) = uevents else {
+            return report;
+        };
+        let deadline = std::time::Instant::now() + UEVENT_SETTLE_MAX;
+        while std::time::Instant::now() < deadline {
+            let aliases = uevents.drain(UEVENT_IDLE);
+            for alias in aliases {
+                if seen_aliases.insert(alias.clone()) {
+                    wanted.extend(self.index.lookup_alias(&alias));
+                }
+            }
+            if !self.load_wanted(&mut wanted, &mut report) {
+                break;
+            }
         }
         report
     }
+
+    /// Loads what is wanted and not in yet; false when there was nothing.
+    fn load_wanted(&mut self, wanted: &mut Vec<String>, report: &mut LoadReport) -> bool {
+        wanted.sort();
+        wanted.dedup();
+        wanted.retain(|m| !self.present(m));
+        if wanted.is_empty() {
+            return false;
+        }
+        self.load_many(std::mem::take(wanted), report);
+        true
+    }
+}
+
+/// How long the uevent stream must stay quiet for coldplug to be done.
+const UEVENT_IDLE: std::time::Duration = std::time::Duration::from_millis(150);
+/// And the most coldplug waits for it, whatever the hardware keeps saying.
+const UEVENT_SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The kernel's uevent broadcast (NETLINK_KOBJECT_UEVENT).
+pub struct Uevents {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Uevents {
+    pub fn open() -> nix::Result<Self> {
+        use nix::sys::socket::{
+            bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType,
+        };
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            SockProtocol::NetlinkKObjectUEvent,
+        )?;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &NetlinkAddr::new(0, 1),
+        )?;
+        Ok(Uevents { fd })
+    }
+
+    /// Modaliases of the devices added until `idle` passes with no event.
+    pub fn drain(&self, idle: std::time::Duration) -> Vec<String> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        let timeout = PollTimeout::try_from(idle.as_millis() as u64).unwrap_or(PollTimeout::MAX);
+        loop {
+            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(n) if n > 0 => {}
+                _ => return out,
+            }
+            while let Ok(n) = nix::sys::socket::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                &mut buf,
+                nix::sys::socket::MsgFlags::empty(),
+            ) {
+                if n == 0 {
+                    break;
+                }
+                if let Some(alias) = added_modalias(&buf[..n]) {
+                    out.push(alias);
+                }
+            }
+        }
+    }
+}
+
+/// The MODALIAS of an `add` uevent (`add@/devices/...\0KEY=value\0...`).
+pub fn added_modalias(msg: &[u8]) -> Option<String> {
+    let mut fields = msg.split(|&b| b == 0);
+    if !fields.next()?.starts_with(b"add@") {
+        return None;
+    }
+    fields
+        .filter_map(|f| f.strip_prefix(b"MODALIAS="))
+        .find_map(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        })
 }
 
 /// finit_module on every file, spread over the CPUs; results in order.
@@ -750,6 +853,21 @@ mod tests {
             parse_load_list("loop\n# c\n  br-netfilter # x\n\n"),
             ["loop", "br_netfilter"]
         );
+    }
+
+    #[test]
+    fn uevent_modalias() {
+        let add = b"add@/devices/pci0000:00/virtio3\0ACTION=add\0SUBSYSTEM=virtio\0MODALIAS=virtio:d00000003v00001AF4\0SEQNUM=812\0";
+        assert_eq!(
+            added_modalias(add).as_deref(),
+            Some("virtio:d00000003v00001AF4")
+        );
+        let remove = b"remove@/devices/x\0ACTION=remove\0MODALIAS=virtio:d1\0";
+        assert_eq!(added_modalias(remove), None);
+        assert_eq!(added_modalias(b"add@/devices/x\0ACTION=add\0"), None);
+        assert_eq!(added_modalias(b""), None);
+        // libudev's own messages on the same socket family start otherwise.
+        assert_eq!(added_modalias(b"libudev\0\xfe\xed"), None);
     }
 
     #[test]
