@@ -152,4 +152,19 @@ const LOG_DRAIN: Duration = Duration::from_millis(200);
 fn say_ready(clock: &ReadyClock) {
     let line = format!("zeronode: ready in {} ms\n", clock.elapsed_ms());
     let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    // What the supervisor costs the node, for operators and the boot benchmark.
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        tracing::info!(
+            "resident memory {}, threads {}",
+            field("VmRSS:"),
+            field("Threads:")
+        );
+    }
 }

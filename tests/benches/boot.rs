@@ -13,6 +13,8 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 struct Sample {
     guest_ms: u64,
     wall_ms: u64,
+    /// PID 1's resident memory at ready, in KiB (not for the baseline).
+    rss_kib: Option<u64>,
 }
 
 fn one(opts: &NodeOptions, baseline: bool) -> Result<Sample, String> {
@@ -32,7 +34,21 @@ fn one(opts: &NodeOptions, baseline: bool) -> Result<Sample, String> {
     } else {
         node.wait_ready(TIMEOUT).map_err(|e| e.to_string())?
     };
+    let rss_kib = if baseline {
+        None
+    } else {
+        let line = node
+            .wait_for_line("PID 1's memory", TIMEOUT, |l| {
+                l.contains("resident memory ")
+            })
+            .map_err(|e| e.to_string())?;
+        line.split("resident memory ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    };
     Ok(Sample {
+        rss_kib,
         guest_ms,
         wall_ms: t.elapsed().as_millis() as u64,
     })
@@ -70,11 +86,13 @@ fn main() {
     for (name, opts, is_baseline) in &cases {
         let mut guest = Vec::new();
         let mut wall = Vec::new();
+        let mut rss = Vec::new();
         for _ in 0..runs {
             match one(opts, *is_baseline) {
                 Ok(s) => {
                     guest.push(s.guest_ms);
                     wall.push(s.wall_ms);
+                    rss.extend(s.rss_kib);
                 }
                 Err(e) => {
                     eprintln!("{name}: {e}");
@@ -90,6 +108,13 @@ fn main() {
             min_med_max(guest),
             min_med_max(wall)
         );
+        if !rss.is_empty() {
+            println!(
+                "{:<26} PID 1 resident at ready, KiB: {}",
+                "",
+                min_med_max(rss)
+            );
+        }
     }
     println!(
         "ZeroNode's init adds {} ms of guest time before ready (direct boot, medians; target < 1500)",
