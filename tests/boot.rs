@@ -39,18 +39,35 @@ fn direct_boot_ready_then_power_button() -> Check {
     let mut node = start(&o)?;
     let ms = node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     ensure(ms > 0, || "ready in 0 ms".into())?;
+    // The fixed module list loads beside the supervisor: wait for its report.
+    node.wait_for_line("the fixed module list", Duration::from_secs(60), |l| {
+        l.contains("fixed module list:")
+    })
+    .map_err(|e| e.to_string())?;
     let console = node.console().to_string();
     ensure(
         console
             .contains("ignoring kernel parameter \"zeronode.frobnicate=1\": unknown zeronode key"),
         || "the unknown key was not reported".into(),
     )?;
-    let loaded = console
+    let loaded: Vec<&str> = console
         .lines()
-        .find(|l| l.contains("DEBUG loaded:"))
-        .unwrap_or_default();
-    for m in ["virtio_net", "virtio_blk", "bridge", "evdev"] {
-        ensure(loaded.split_whitespace().any(|w| w == m), || {
+        .filter(|l| l.contains("DEBUG") && l.contains(" loaded: "))
+        .flat_map(|l| {
+            l.split(" loaded: ")
+                .nth(1)
+                .unwrap_or_default()
+                .split_whitespace()
+        })
+        .collect();
+    for m in [
+        "virtio_net",
+        "virtio_blk",
+        "virtio_console",
+        "bridge",
+        "evdev",
+    ] {
+        ensure(loaded.contains(&m), || {
             format!("{m} not loaded: {loaded:?}")
         })?;
     }

@@ -336,21 +336,37 @@ mod port_bridge {
         let mut port = OpenOptions::new().read(true).write(true).open(&dev)?;
         println!("serving {} on {}", socket.display(), dev.display());
         let mut buf = vec![0u8; 64 * 1024];
+        let mut next: Option<Vec<u8>> = None;
         loop {
-            // With no host connected, a read returns 0 at once: wait and look again.
-            let n = port.read(&mut buf)?;
-            if n == 0 {
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
-            if let Err(e) = session(&mut port, &buf[..n], socket) {
-                eprintln!("session ended: {e}");
+            let first = match next.take() {
+                Some(bytes) => bytes,
+                None => {
+                    // With no host connected, a read returns 0 at once: wait and look again.
+                    let n = port.read(&mut buf)?;
+                    if n == 0 {
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                    buf[..n].to_vec()
+                }
+            };
+            match session(&mut port, &first, socket) {
+                Ok(following) => next = following,
+                Err(e) => eprintln!("session ended: {e}"),
             }
         }
     }
 
-    /// One host connection: from its first bytes until it goes away.
-    fn session(port: &mut File, first: &[u8], socket: &Path) -> io::Result<()> {
+    /// A D-Bus client's first bytes: a NUL, then its AUTH command. The port
+    /// may never read as closed between two quick host connections, so this
+    /// is how a new client shows itself.
+    pub fn starts_client(bytes: &[u8]) -> bool {
+        bytes.starts_with(b"\0AUTH ")
+    }
+
+    /// One host connection: from its first bytes until it goes away, or
+    /// until a new client starts (whose first bytes are returned).
+    fn session(port: &mut File, first: &[u8], socket: &Path) -> io::Result<Option<Vec<u8>>> {
         let mut init = UnixStream::connect(socket)?;
         init.write_all(first)?;
         let mut to_port = init.try_clone()?;
@@ -359,7 +375,8 @@ mod port_bridge {
         let mut buf = vec![0u8; 64 * 1024];
         let result = loop {
             match port.read(&mut buf) {
-                Ok(0) => break Ok(()),
+                Ok(0) => break Ok(None),
+                Ok(n) if starts_client(&buf[..n]) => break Ok(Some(buf[..n].to_vec())),
                 Ok(n) => {
                     if let Err(e) = init.write_all(&buf[..n]) {
                         break Err(e);
@@ -376,6 +393,14 @@ mod port_bridge {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn a_new_client_is_told_from_session_bytes() {
+            assert!(starts_client(b"\0AUTH EXTERNAL 30\r\n"));
+            assert!(!starts_client(b"BEGIN\r\n"));
+            assert!(!starts_client(b"l\x01\0\x01"));
+            assert!(!starts_client(b""));
+        }
 
         #[test]
         fn finds_the_port_by_name() {

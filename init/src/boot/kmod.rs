@@ -441,16 +441,26 @@ impl Loader {
             .map_err(|e| tracing::warn!("no uevent socket ({e}): late devices may lack drivers"))
             .ok();
         let mut wanted = fixed.to_vec();
+        let started = std::time::Instant::now();
+        let mut loading = std::time::Duration::ZERO;
         for _round in 0..8 {
             for alias in modaliases(sys) {
                 if seen_aliases.insert(alias.clone()) {
                     wanted.extend(self.index.lookup_alias(&alias));
                 }
             }
-            if !self.load_wanted(&mut wanted, &mut report) {
+            let t = std::time::Instant::now();
+            let any = self.load_wanted(&mut wanted, &mut report);
+            loading += t.elapsed();
+            if !any {
                 break;
             }
         }
+        tracing::debug!(
+            "coldplug: {} ms scanning /sys and loading, {} ms of it loading",
+            started.elapsed().as_millis(),
+            loading.as_millis()
+        );
         let Some(uevents) = uevents else {
             return report;
         };

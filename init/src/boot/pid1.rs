@@ -108,6 +108,12 @@ fn write_boot_config(cfg: &BootConfig) {
 
 /// The image's fixed list, then every device's driver. Failures are
 /// reported and boot goes on: a missing NIC driver is not a reason to stop.
+/// Every device's driver, before any service starts (a service may need
+/// its NIC or disk). The image's fixed list loads on a thread beside the
+/// supervisor: those modules (bridge, veth, nf_tables...) serve workloads
+/// and the kernel would ask for them itself through /sbin/modprobe, so
+/// they only warm up the first use and need not hold the ready line back.
+/// Failures are reported and boot goes on.
 fn load_modules() {
     let release = match nix::sys::utsname::uname() {
         Ok(u) => u.release().to_string_lossy().into_owned(),
@@ -120,17 +126,35 @@ fn load_modules() {
     };
     let t = std::time::Instant::now();
     let mut loader = kmod::Loader::new(index);
+    let report = loader.coldplug(Path::new("/sys"), &[]);
+    tracing::debug!("device drivers loaded in {} ms", t.elapsed().as_millis());
+    log_report("device drivers", &report);
     let list = std::fs::read_to_string("/etc/zeronode/modules-load").unwrap_or_default();
-    let report = loader.coldplug(Path::new("/sys"), &kmod::parse_load_list(&list));
-    tracing::debug!("kernel modules loaded in {} ms", t.elapsed().as_millis());
+    let fixed = kmod::parse_load_list(&list);
+    let spawned = std::thread::Builder::new()
+        .name("modules-load".into())
+        .spawn(move || {
+            let mut report = kmod::LoadReport::default();
+            loader.load_many(fixed, &mut report);
+            log_report("fixed module list", &report);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot load the fixed module list: {e}");
+    }
+}
+
+fn log_report(what: &str, report: &kmod::LoadReport) {
     tracing::info!(
-        "kernel modules: {} loaded, {} failed, {} not for this hardware",
+        "{what}: {} loaded, {} failed, {} not for this hardware",
         report.loaded.len(),
         report.failed.len(),
         report.not_applicable.len()
     );
-    tracing::debug!("loaded: {}", report.loaded.join(" "));
-    tracing::debug!("not for this hardware: {}", report.not_applicable.join(" "));
+    tracing::debug!("{what} loaded: {}", report.loaded.join(" "));
+    tracing::debug!(
+        "{what} not for this hardware: {}",
+        report.not_applicable.join(" ")
+    );
     for (module, reason) in &report.failed {
         tracing::warn!("module {module}: {reason}");
     }

@@ -145,8 +145,12 @@ mod tests {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         assert_eq!(connect(&Probe::Tcp(addr), t).await, Ok(()));
-        drop(tcp);
-        assert!(connect(&Probe::Tcp(addr), t).await.is_err());
+        // A port bound but not listening refuses connections, and unlike a
+        // dropped listener's port no parallel test can take it meanwhile.
+        let bound = tokio::net::TcpSocket::new_v4().unwrap();
+        bound.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed = bound.local_addr().unwrap();
+        assert!(connect(&Probe::Tcp(closed), t).await.is_err());
         assert!(connect(&Probe::Command(vec!["/bin/true".into()]), t)
             .await
             .is_err());
