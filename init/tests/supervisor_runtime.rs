@@ -214,9 +214,7 @@ fn shutdown_stops_in_reverse_dependency_order() {
         "{stops:?}"
     );
     assert!(pos("side") < pos("base"), "{stops:?}");
-    assert!(init
-        .stderr()
-        .contains("stubborn: still running 300 ms after SIGTERM, killing it"));
+    init.wait_stderr("stubborn: still running 300 ms after SIGTERM, killing it");
     // Three levels of 0.1 s each, stubborn's 0.3 s in parallel: well under
     // the sum of everything done one after the other.
     assert!(took < Duration::from_millis(1500), "{took:?}");
@@ -313,9 +311,7 @@ fn znctl_controls_services_end_to_end() {
     assert!(init.znctl(&["poweroff"]).status.success());
     assert!(init.wait_exit().success());
     assert!(t.elapsed() < Duration::from_secs(3));
-    assert!(init
-        .stderr()
-        .contains("PowerOff requested: stopping services"));
+    init.wait_stderr("PowerOff requested: stopping services");
 }
 
 #[test]
@@ -323,7 +319,5 @@ fn sigint_means_reboot() {
     let mut init = Init::start(&[("a", r#"command = ["/bin/sleep", "1000"]"#)]);
     init.wait_state("a", "running");
     init.stop_with(Signal::SIGINT);
-    assert!(init
-        .stderr()
-        .contains("Reboot requested: stopping services"));
+    init.wait_stderr("Reboot requested: stopping services");
 }

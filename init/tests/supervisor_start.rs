@@ -106,6 +106,13 @@ fn cycles_missing_dependencies_and_bad_files_are_refused_loudly() {
         ),
     ]);
     init.wait_until("ready line", || init.ready_lines().len() == 1);
+    // stderr is read by its own thread: the ready line on stdout can come first.
+    init.wait_until("the refusals on stderr", || {
+        let err = init.stderr();
+        err.contains("service cyc1 refused")
+            && err.contains("service orphan refused")
+            && err.contains("typo.toml")
+    });
     let err = init.stderr();
     assert!(
         err.contains("service cyc1 refused: dependency cycle: cyc1 -> cyc2 -> cyc1"),

@@ -177,39 +177,56 @@ impl ModuleIndex {
         }
     }
 
-    /// The files to load for `name`, dependencies first, each once, skipping
-    /// what `loaded` says is already in the kernel.
-    pub fn load_order(
+    /// What loading `roots` takes: every module not `present` with its file
+    /// and its hard and soft dependencies, and the names this index lacks.
+    pub fn plan(
         &self,
-        name: &str,
-        loaded: &HashSet<String>,
-    ) -> Result<Vec<PathBuf>, KmodError> {
-        let mut order = Vec::new();
-        let mut seen = HashSet::new();
-        self.visit(&canonical(name), loaded, &mut seen, &mut order)?;
-        Ok(order)
+        roots: Vec<String>,
+        present: impl Fn(&str) -> bool,
+    ) -> (BTreeMap<String, Planned>, Vec<String>) {
+        let mut plan = BTreeMap::new();
+        let mut unknown = Vec::new();
+        let mut stack = roots;
+        while let Some(m) = stack.pop() {
+            if present(&m) || plan.contains_key(&m) || unknown.contains(&m) {
+                continue;
+            }
+            let Some((path, hard)) = self.modules.get(&m) else {
+                unknown.push(m);
+                continue;
+            };
+            let soft = self.soft_dependencies(&m);
+            stack.extend(hard.iter().cloned());
+            stack.extend(soft.iter().cloned());
+            plan.insert(
+                m,
+                Planned {
+                    path: self.dir.join(path),
+                    hard: hard.clone(),
+                    soft,
+                },
+            );
+        }
+        (plan, unknown)
     }
+}
 
-    fn visit(
-        &self,
-        name: &str,
-        loaded: &HashSet<String>,
-        seen: &mut HashSet<String>,
-        order: &mut Vec<PathBuf>,
-    ) -> Result<(), KmodError> {
-        if loaded.contains(name) || self.builtin.contains(name) || !seen.insert(name.to_string()) {
-            return Ok(());
-        }
-        let (path, deps) = self
-            .modules
-            .get(name)
-            .ok_or_else(|| KmodError::Unknown(name.to_string()))?;
-        for dep in deps {
-            self.visit(dep, loaded, seen, order)?;
-        }
-        order.push(self.dir.join(path));
-        Ok(())
-    }
+/// One module of a load plan.
+#[derive(Debug)]
+pub struct Planned {
+    pub path: PathBuf,
+    pub hard: Vec<String>,
+    /// Loaded first when they can be; their failure stops nothing.
+    pub soft: Vec<String>,
+}
+
+/// The modules of `plan` whose dependencies are all `settled` (in, or
+/// given up on): what can load now, side by side.
+pub fn next_wave(plan: &BTreeMap<String, Planned>, settled: impl Fn(&str) -> bool) -> Vec<String> {
+    plan.iter()
+        .filter(|(_, p)| p.hard.iter().chain(&p.soft).all(|d| settled(d)))
+        .map(|(n, _)| n.clone())
+        .collect()
 }
 
 fn read(path: &Path) -> Result<String, KmodError> {
@@ -355,33 +372,16 @@ impl Loader {
     /// the kernel, or built in, is a success. Soft dependencies go first but
     /// their failure stops nothing.
     pub fn load_many(&mut self, roots: Vec<String>, report: &mut LoadReport) {
-        // name -> (file, hard dependencies, soft dependencies)
-        let mut plan: BTreeMap<String, (PathBuf, Vec<String>, Vec<String>)> = BTreeMap::new();
+        let (mut plan, unknown) = self.index.plan(roots, |m| self.present(m));
         let mut failed: HashSet<String> = HashSet::new();
-        let mut stack = roots;
-        while let Some(m) = stack.pop() {
-            if self.present(&m) || plan.contains_key(&m) || failed.contains(&m) {
-                continue;
-            }
-            let Some((path, deps)) = self.index.modules.get(&m) else {
-                report
-                    .failed
-                    .push((m.clone(), KmodError::Unknown(m.clone()).to_string()));
-                failed.insert(m);
-                continue;
-            };
-            let soft = self.index.soft_dependencies(&m);
-            stack.extend(deps.iter().cloned());
-            stack.extend(soft.iter().cloned());
-            plan.insert(m, (self.index.dir.join(path), deps.clone(), soft));
+        for m in unknown {
+            report
+                .failed
+                .push((m.clone(), KmodError::Unknown(m.clone()).to_string()));
+            failed.insert(m);
         }
         while !plan.is_empty() {
-            let settled = |d: &String| self.present(d) || failed.contains(d);
-            let wave: Vec<String> = plan
-                .iter()
-                .filter(|(_, (_, hard, soft))| hard.iter().chain(soft).all(settled))
-                .map(|(n, _)| n.clone())
-                .collect();
+            let wave = next_wave(&plan, |d| self.present(d) || failed.contains(d));
             if wave.is_empty() {
                 // Only a dependency cycle in modules.dep could leave us here.
                 for (m, _) in std::mem::take(&mut plan) {
@@ -393,7 +393,7 @@ impl Loader {
             }
             let mut to_load = Vec::new();
             for m in wave {
-                let Some((path, hard, _)) = plan.remove(&m) else {
+                let Some(Planned { path, hard, .. }) = plan.remove(&m) else {
                     continue;
                 };
                 match hard.iter().find(|d| failed.contains(*d)) {
@@ -755,37 +755,47 @@ mod tests {
         dir
     }
 
-    fn names(order: &[PathBuf]) -> Vec<String> {
-        order
-            .iter()
-            .map(|p| name_of(&p.to_string_lossy()))
-            .collect()
+    /// The waves `load_many` would run if every module loaded.
+    fn waves(idx: &ModuleIndex, root: &str, present: &[&str]) -> Vec<Vec<String>> {
+        let (mut plan, unknown) = idx.plan(vec![canonical(root)], |m| present.contains(&m));
+        assert!(unknown.is_empty(), "{unknown:?}");
+        let mut done: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        while !plan.is_empty() {
+            let wave = next_wave(&plan, |d| done.contains(d) || present.contains(&d));
+            assert!(!wave.is_empty(), "stuck with {plan:?}");
+            for m in &wave {
+                plan.remove(m);
+                done.insert(m.clone());
+            }
+            out.push(wave);
+        }
+        out
     }
 
     #[test]
     fn dependencies_load_first_and_once() {
         let dir = fixture();
         let idx = ModuleIndex::load(dir.path()).unwrap();
-        let order = idx.load_order("virtio-net", &HashSet::new()).unwrap();
-        assert_eq!(names(&order), ["failover", "net_failover", "virtio_net"]);
-        assert!(order[2].starts_with(dir.path()));
         assert_eq!(
-            names(&idx.load_order("bridge", &HashSet::new()).unwrap()),
-            ["llc", "stp", "bridge"]
+            waves(&idx, "virtio-net", &[]),
+            [["failover"], ["net_failover"], ["virtio_net"]]
         );
-        let loaded = HashSet::from(["llc".to_string()]);
-        assert_eq!(
-            names(&idx.load_order("bridge", &loaded).unwrap()),
-            ["stp", "bridge"]
-        );
+        let (plan, _) = idx.plan(vec!["virtio_net".into()], |_| false);
+        assert!(plan["virtio_net"].path.starts_with(dir.path()));
+        assert_eq!(waves(&idx, "bridge", &[]), [["llc"], ["stp"], ["bridge"]]);
+        assert_eq!(waves(&idx, "bridge", &["llc"]), [["stp"], ["bridge"]]);
     }
 
     #[test]
     fn softdeps_and_builtins() {
         let idx = ModuleIndex::load(fixture().path()).unwrap();
         assert_eq!(
-            names(&idx.load_order("btrfs", &HashSet::new()).unwrap()),
-            ["raid6_pq", "xor", "btrfs"]
+            waves(&idx, "btrfs", &[]),
+            [
+                vec!["crc32c_generic", "crc32c_intel", "raid6_pq", "xor"],
+                vec!["btrfs"]
+            ]
         );
         assert_eq!(
             idx.soft_dependencies("btrfs"),
@@ -795,10 +805,9 @@ mod tests {
         assert_eq!(idx.resolve("ext4"), ["ext4"]);
         assert!(idx.resolve("nothing-like-it").is_empty());
         assert!(idx.is_builtin("ext4"));
-        assert!(idx.load_order("ext4", &HashSet::new()).unwrap().is_empty());
-        assert!(
-            matches!(idx.load_order("nope", &HashSet::new()), Err(KmodError::Unknown(n)) if n == "nope")
-        );
+        let (plan, unknown) = idx.plan(vec!["ext4".into(), "nope".into()], |m| idx.is_builtin(m));
+        assert!(plan.is_empty());
+        assert_eq!(unknown, ["nope"]);
     }
 
     #[test]

@@ -53,22 +53,9 @@ pub const KERNEL_API: &[Mount] = &[
     },
 ];
 
-/// Everything else of early boot, mounted once the final root is in place.
-pub const SYSTEM: &[Mount] = &[
-    Mount {
-        source: "devpts",
-        target: "/dev/pts",
-        fstype: "devpts",
-        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
-        data: "gid=5,mode=0620,ptmxmode=0666",
-    },
-    Mount {
-        source: "shm",
-        target: "/dev/shm",
-        fstype: "tmpfs",
-        flags: NOSUID_NODEV,
-        data: "mode=1777",
-    },
+/// The writable places of the read-only system: stage 1 puts them on the
+/// new root before switching to it.
+pub const WRITABLE: &[Mount] = &[
     Mount {
         source: "run",
         target: "/run",
@@ -89,6 +76,24 @@ pub const SYSTEM: &[Mount] = &[
         fstype: "tmpfs",
         flags: NOSUID_NODEV,
         data: "mode=0755",
+    },
+];
+
+/// The rest of early boot, mounted once the final root is in place.
+pub const SYSTEM: &[Mount] = &[
+    Mount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: "gid=5,mode=0620,ptmxmode=0666",
+    },
+    Mount {
+        source: "shm",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV,
+        data: "mode=1777",
     },
     Mount {
         source: "cgroup2",

@@ -33,7 +33,11 @@ fn boot() -> Result<std::convert::Infallible, String> {
         return Err(rootfs::enter_system_image(&cfg).to_string());
     }
 
-    mounts::mount_all(Path::new("/"), mounts::SYSTEM).map_err(|e| e.to_string())?;
+    // WRITABLE is in place already when stage 1 built the root; mount_all
+    // skips what is mounted.
+    for set in [mounts::WRITABLE, mounts::SYSTEM] {
+        mounts::mount_all(Path::new("/"), set).map_err(|e| e.to_string())?;
+    }
     // Ctrl-Alt-Del becomes SIGINT to us (a clean reboot) instead of an instant reset.
     if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
         tracing::warn!("cannot take over Ctrl-Alt-Del: {e}");

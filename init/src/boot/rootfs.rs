@@ -137,7 +137,7 @@ fn switch() -> Result<Never, RootError> {
     drop(device);
 
     // Writable places, then /etc as an overlay whose upper layer lives in /run.
-    mounts::mount_all(new_root, &mounts::SYSTEM[2..5])?;
+    mounts::mount_all(new_root, mounts::WRITABLE)?;
     let overlay = new_root.join(ETC_OVERLAY);
     for d in ["upper", "work"] {
         std::fs::create_dir_all(overlay.join(d)).map_err(|source| RootError::Read {
