@@ -1,1 +1,3 @@
-//! zeronode-types: placeholder until its first real code lands.
+//! What the node's modules share: how they reach each other over D-Bus.
+
+pub mod bus;

@@ -1,0 +1,1 @@
+//! zeronode-identity: placeholder until its first real code lands.

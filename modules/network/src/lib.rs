@@ -1,0 +1,1 @@
+//! zeronode-network: placeholder until its first real code lands.

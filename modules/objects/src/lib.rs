@@ -1,0 +1,1 @@
+//! zeronode-objects: placeholder until its first real code lands.

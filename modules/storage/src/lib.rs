@@ -1,0 +1,1 @@
+//! zeronode-storage: placeholder until its first real code lands.
