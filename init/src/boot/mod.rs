@@ -1,6 +1,5 @@
 //! Bringing the machine up as PID 1, and taking it down again.
 
-pub mod cmdline;
 pub mod kmod;
 pub mod logging;
 pub mod loopdev;

@@ -8,9 +8,9 @@
 
 use std::path::Path;
 
-use super::cmdline::{self, BootConfig};
 use super::{kmod, logging, mounts, net, power_button, rootfs, shutdown};
 use crate::run::{self, ReadyClock, RunOptions};
+use zeronode_types::boot_config::{self as cmdline, BootConfig};
 
 pub const SERVICES_DIR: &str = "/etc/zeronode/services";
 pub const CONTROL_SOCKET: &str = "/run/zeronode/init.sock";

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, MsFlags};
 use thiserror::Error;
 
-use super::cmdline::{hex, BootConfig};
 use super::kmod;
 use super::loopdev::{self, LoopError};
 use super::mounts::{self, MountError};
+use zeronode_types::boot_config::{hex, BootConfig};
 
 /// The system image inside the initramfs; its presence means "stage 1".
 pub const SYSTEM_IMAGE: &str = "/system.img";

@@ -1,3 +1,5 @@
-//! What the node's modules share: how they reach each other over D-Bus.
+//! What the node's modules share: the boot config from the kernel command
+//! line, and how they reach each other over D-Bus.
 
+pub mod boot_config;
 pub mod bus;
