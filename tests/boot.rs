@@ -66,6 +66,7 @@ fn direct_boot_ready_then_power_button() -> Check {
         "virtio_console",
         "bridge",
         "evdev",
+        "kvm",
     ] {
         ensure(loaded.contains(&m), || {
             format!("{m} not loaded: {loaded:?}")

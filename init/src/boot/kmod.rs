@@ -341,6 +341,11 @@ pub struct LoadReport {
 pub struct Loader {
     pub index: ModuleIndex,
     loaded: HashSet<String>,
+    /// Ask the kernel to probe devices asynchronously (the generic
+    /// `async_probe` module parameter): finit_module then returns without
+    /// waiting for slow probes (libata's port scan takes a third of a second
+    /// under emulation), and the devices announce themselves as uevents.
+    async_probe: bool,
 }
 
 impl Loader {
@@ -353,7 +358,18 @@ impl Loader {
                     .collect()
             })
             .unwrap_or_default();
-        Loader { index, loaded }
+        Loader {
+            index,
+            loaded,
+            async_probe: false,
+        }
+    }
+
+    /// See [`Loader::async_probe`]; coldplug wants it, `modprobe` (whose
+    /// caller needs the module working on return) does not.
+    pub fn with_async_probe(mut self) -> Self {
+        self.async_probe = true;
+        self
     }
 
     fn present(&self, name: &str) -> bool {
@@ -406,7 +422,10 @@ impl Loader {
                     None => to_load.push((m, path)),
                 }
             }
-            for ((m, _), result) in to_load.iter().zip(finit_parallel(&to_load)) {
+            for ((m, _), result) in to_load
+                .iter()
+                .zip(finit_parallel(&to_load, self.async_probe))
+            {
                 match result {
                     Ok(()) => {
                         report.loaded.push(m.clone());
@@ -477,6 +496,18 @@ impl Loader {
             }
         }
         report
+    }
+
+    /// The modules the CPU's features ask for (kvm_amd, kvm_intel, crypto
+    /// accelerators...). No device waits on them, so PID 1 loads them
+    /// beside the supervisor rather than before it: kvm alone is a fifth of
+    /// coldplug under emulation.
+    pub fn cpu_feature_modules(&self, sys: &Path) -> Vec<String> {
+        // The cpu subsystem's root holds the features' modalias, and is on
+        // none of the lists `modaliases` reads.
+        std::fs::read_to_string(sys.join("devices/system/cpu/modalias"))
+            .map(|t| self.index.lookup_alias(t.trim()))
+            .unwrap_or_default()
     }
 
     /// Loads what is wanted and not in yet; false when there was nothing.
@@ -566,12 +597,12 @@ pub fn added_modalias(msg: &[u8]) -> Option<String> {
 }
 
 /// finit_module on every file, spread over the CPUs; results in order.
-fn finit_parallel(modules: &[(String, PathBuf)]) -> Vec<Result<(), KmodError>> {
+fn finit_parallel(modules: &[(String, PathBuf)], async_probe: bool) -> Vec<Result<(), KmodError>> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(modules.len());
     if workers <= 1 {
-        return modules.iter().map(|(_, p)| finit(p)).collect();
+        return modules.iter().map(|(_, p)| finit(p, async_probe)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<Option<Result<(), KmodError>>> = modules.iter().map(|_| None).collect();
@@ -583,7 +614,7 @@ fn finit_parallel(modules: &[(String, PathBuf)]) -> Vec<Result<(), KmodError>> {
                 let Some((_, path)) = modules.get(i) else {
                     return;
                 };
-                let r = finit(path);
+                let r = finit(path, async_probe);
                 if let Ok(mut slots) = done.lock() {
                     slots[i] = Some(r);
                 }
@@ -604,13 +635,24 @@ fn finit_parallel(modules: &[(String, PathBuf)]) -> Vec<Result<(), KmodError>> {
         .collect()
 }
 
-fn finit(path: &Path) -> Result<(), KmodError> {
+fn finit(path: &Path, async_probe: bool) -> Result<(), KmodError> {
     let file = File::open(path).map_err(|source| KmodError::Open {
         path: path.to_path_buf(),
         source,
     })?;
-    let params = CString::default();
-    match nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty()) {
+    let params = if async_probe {
+        c"async_probe".to_owned()
+    } else {
+        CString::default()
+    };
+    let t = std::time::Instant::now();
+    let r = nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty());
+    tracing::debug!(
+        "{}: {} ms",
+        name_of(&path.to_string_lossy()),
+        t.elapsed().as_millis()
+    );
+    match r {
         Ok(()) | Err(nix::Error::EEXIST) => Ok(()),
         Err(source) => Err(KmodError::Load {
             path: path.to_path_buf(),
@@ -625,11 +667,6 @@ fn finit(path: &Path) -> Result<(), KmodError> {
 /// reads instead of thousands, which shows under emulation.
 pub fn modaliases(sys: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    // The CPU features (kvm_intel, crc32c_intel, aesni...) hang off the cpu
-    // subsystem's root, which is on no list.
-    if let Ok(text) = std::fs::read_to_string(sys.join("devices/system/cpu/modalias")) {
-        out.push(text.trim().to_string());
-    }
     let groups = [
         (sys.join("bus"), Some("devices")),
         (sys.join("class"), None),
@@ -896,6 +933,7 @@ mod tests {
         let mut loader = Loader {
             index: ModuleIndex::load(dir.path()).unwrap(),
             loaded: HashSet::new(),
+            async_probe: false,
         };
         let mut report = LoadReport::default();
         loader.load_many(
@@ -967,15 +1005,35 @@ mod tests {
         .unwrap();
         let mut found = modaliases(sys.path());
         found.sort();
+        // The CPU's features are cpu_feature_modules' business.
         assert_eq!(
             found,
             [
-                "cpu:type:x86,ven0000",
                 "input:b0019v0000",
                 "pci:v00001AF4d00001000",
                 "virtio:d00000001v00001AF4"
             ]
         );
+    }
+
+    #[test]
+    fn cpu_features_are_matched_apart_from_devices() {
+        let modules = fixture();
+        std::fs::write(
+            modules.path().join("modules.alias"),
+            "alias cpu:type:x86,ven*fam*mod*:feature:*0C1D* kvm_amd\n",
+        )
+        .unwrap();
+        let loader = Loader::new(ModuleIndex::load(modules.path()).unwrap());
+        let sys = tempfile::tempdir().unwrap();
+        assert!(loader.cpu_feature_modules(sys.path()).is_empty());
+        std::fs::create_dir_all(sys.path().join("devices/system/cpu")).unwrap();
+        std::fs::write(
+            sys.path().join("devices/system/cpu/modalias"),
+            "cpu:type:x86,ven0002fam0006mod0006:feature:,0000,0C1D,00E0\n",
+        )
+        .unwrap();
+        assert_eq!(loader.cpu_feature_modules(sys.path()), ["kvm_amd"]);
     }
 
     proptest::proptest! {

@@ -113,11 +113,12 @@ fn write_boot_config(cfg: &BootConfig) {
 /// The image's fixed list, then every device's driver. Failures are
 /// reported and boot goes on: a missing NIC driver is not a reason to stop.
 /// Every device's driver, before any service starts (a service may need
-/// its NIC or disk). The image's fixed list loads on a thread beside the
-/// supervisor: those modules (bridge, veth, nf_tables...) serve workloads
-/// and the kernel would ask for them itself through /sbin/modprobe, so
-/// they only warm up the first use and need not hold the ready line back.
-/// Failures are reported and boot goes on.
+/// its NIC or disk). The modules of CPU features (kvm...) and the image's
+/// fixed list load on a thread beside the supervisor: those (kvm, bridge,
+/// veth, nf_tables...) serve workloads, and the kernel asks for most of
+/// them itself through /sbin/modprobe, so they only warm up the first use
+/// and need not hold the ready line back. Failures are reported and boot
+/// goes on.
 fn load_modules() {
     let release = match nix::sys::utsname::uname() {
         Ok(u) => u.release().to_string_lossy().into_owned(),
@@ -129,18 +130,19 @@ fn load_modules() {
         Err(e) => return tracing::warn!("no kernel modules loaded: {e}"),
     };
     let t = std::time::Instant::now();
-    let mut loader = kmod::Loader::new(index);
+    let mut loader = kmod::Loader::new(index).with_async_probe();
     let report = loader.coldplug(Path::new("/sys"), &[]);
     tracing::debug!("device drivers loaded in {} ms", t.elapsed().as_millis());
     log_report("device drivers", &report);
     let list = std::fs::read_to_string("/etc/zeronode/modules-load").unwrap_or_default();
-    let fixed = kmod::parse_load_list(&list);
+    let mut fixed = loader.cpu_feature_modules(Path::new("/sys"));
+    fixed.extend(kmod::parse_load_list(&list));
     let spawned = std::thread::Builder::new()
         .name("modules-load".into())
         .spawn(move || {
             let mut report = kmod::LoadReport::default();
             loader.load_many(fixed, &mut report);
-            log_report("fixed module list", &report);
+            log_report("CPU features and fixed module list", &report);
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot load the fixed module list: {e}");
