@@ -17,7 +17,8 @@ use crate::{compress, elf, fat, gpt, kmod, squashfs, uki};
 pub struct Inputs {
     pub config: PathBuf,
     pub services: PathBuf,
-    /// Directory holding the static `zeronode-init`, `znctl` and `baseline-init`.
+    /// Directory holding the static `zeronode-init`, `baseline-init` and the
+    /// config's `programs`.
     pub bins: PathBuf,
     pub cache: PathBuf,
     pub out: PathBuf,
@@ -43,7 +44,8 @@ struct Sources {
     config_text: Vec<u8>,
     kernel: UnpackedKernel,
     init: Vec<u8>,
-    znctl: Option<Vec<u8>>,
+    /// The config's `programs`: name and bytes.
+    programs: Vec<(String, Vec<u8>)>,
     baseline: Vec<u8>,
     services: Vec<(String, Vec<u8>)>,
     debian: elf::Closure,
@@ -65,13 +67,12 @@ pub fn build(inp: &Inputs) -> Result<Manifest> {
 
     let kernel = kernel::fetch(&cfg.kernel, &inp.cache)?;
     let init = read(&inp.bins.join("zeronode-init"))?;
-    let znctl = std::fs::read(inp.bins.join("znctl")).ok();
-    if znctl.is_none() {
-        tracing::warn!(
-            "{}: not built, not shipped",
-            inp.bins.join("znctl").display()
-        );
-    }
+    let programs = cfg
+        .system
+        .programs
+        .iter()
+        .map(|name| Ok((name.clone(), read(&inp.bins.join(name))?)))
+        .collect::<Result<Vec<_>>>()?;
     let baseline = read(&inp.bins.join("baseline-init"))?;
     let services = service_files(&inp.services)?;
     let debian = elf::closure(Path::new("/"), &cfg.system.binaries)?;
@@ -80,7 +81,7 @@ pub fn build(inp: &Inputs) -> Result<Manifest> {
         config_text,
         kernel,
         init,
-        znctl,
+        programs,
         baseline,
         services,
         debian,
@@ -194,9 +195,10 @@ fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<String> {
     }
     write(&sys.join("usr/bin/zeronode-init"), &src.init)?;
     make_executable(&sys.join("usr/bin/zeronode-init"))?;
-    if let Some(znctl) = &src.znctl {
-        write(&sys.join("usr/bin/znctl"), znctl)?;
-        make_executable(&sys.join("usr/bin/znctl"))?;
+    for (name, bytes) in &src.programs {
+        let path = sys.join("usr/bin").join(name);
+        write(&path, bytes)?;
+        make_executable(&path)?;
     }
     symlink("../usr/bin/zeronode-init", &sys.join("sbin/init"))?;
     // The kernel's request_module() runs /sbin/modprobe; PID 1's binary answers.
@@ -353,7 +355,9 @@ fn inputs_digest(src: &Sources) -> Result<String> {
     part("builder", &read(&exe)?);
     part("config", &src.config_text);
     part("init", &src.init);
-    part("znctl", src.znctl.as_deref().unwrap_or_default());
+    for (name, bytes) in &src.programs {
+        part(name, bytes);
+    }
     part("baseline", &src.baseline);
     for (name, body) in &src.services {
         part(name, body);

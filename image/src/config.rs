@@ -86,6 +86,10 @@ pub struct System {
     /// Absolute paths of Debian binaries on the build machine.
     #[serde(default)]
     pub binaries: Vec<String>,
+    /// Static binaries of this workspace (besides zeronode-init), installed
+    /// in /usr/bin.
+    #[serde(default)]
+    pub programs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

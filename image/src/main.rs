@@ -14,7 +14,7 @@ struct Args {
     /// Service files shipped in the image.
     #[arg(long, default_value = "image/services")]
     services: PathBuf,
-    /// Where the static binaries are (zeronode-init, znctl, baseline-init).
+    /// Where the static binaries are (zeronode-init, baseline-init, the config's programs).
     #[arg(long, default_value = "target/x86_64-unknown-linux-musl/release")]
     bins: PathBuf,
     /// Download cache (the kernel package).
