@@ -168,6 +168,15 @@ pub fn qemu_command(opts: &NodeOptions, dir: &Path, serial: Serial) -> Result<Co
         }
     }
     cmd.args(["-netdev", &netdev, "-device", &nic]);
+    // Entropy from the host, as clouds give it: without it the guest's
+    // getrandom(2) blocks for seconds under TCG (no RDRAND in the emulated
+    // CPU) until jitter seeds the kernel's CRNG, and the node key waits.
+    cmd.args([
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-pci,rng=rng0",
+    ]);
     // The console tool's channel: a virtio-serial port that the node's
     // control-port service joins to PID 1's control socket, so
     // `znctl --socket <run dir>/control.sock` works from the host.

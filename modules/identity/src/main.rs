@@ -26,11 +26,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
+    zeronode_types::logging::init();
     let args = Args::parse();
     let line = std::fs::read_to_string(&args.cmdline)
         .with_context(|| format!("reading {}", args.cmdline.display()))?;

@@ -3,3 +3,4 @@
 
 pub mod boot_config;
 pub mod bus;
+pub mod logging;
