@@ -191,20 +191,7 @@ pub fn qemu_command(opts: &NodeOptions, dir: &Path, serial: Serial) -> Result<Co
     ]);
     for i in 0..opts.disks {
         let disk = dir.join(format!("disk{i}.qcow2"));
-        let out = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&disk)
-            .arg(&opts.disk_size)
-            .output()
-            .map_err(io("running qemu-img (Debian package qemu-utils)"))?;
-        if !out.status.success() {
-            return Err(NodeError::Io {
-                what: format!("qemu-img create {} {}", disk.display(), opts.disk_size),
-                source: std::io::Error::other(
-                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                ),
-            });
-        }
+        create_qcow2(&disk, &opts.disk_size)?;
         cmd.arg("-drive").arg(format!(
             "if=none,id=data{i},format=qcow2,file={}",
             disk.display()
@@ -214,7 +201,41 @@ pub fn qemu_command(opts: &NodeOptions, dir: &Path, serial: Serial) -> Result<Co
             &format!("virtio-blk-pci,drive=data{i},serial=zeronode-data{i}"),
         ]);
     }
+    for (i, file) in opts.disk_files.iter().enumerate() {
+        let format = match file.extension().and_then(|e| e.to_str()) {
+            Some("qcow2") => "qcow2",
+            _ => "raw",
+        };
+        if format == "qcow2" && !file.exists() {
+            create_qcow2(file, &opts.disk_size)?;
+        }
+        cmd.arg("-drive").arg(format!(
+            "if=none,id=file{i},format={format},file={}",
+            file.display()
+        ));
+        cmd.args([
+            "-device",
+            &format!("virtio-blk-pci,drive=file{i},serial=zeronode-file{i}"),
+        ]);
+    }
     Ok(cmd)
+}
+
+/// A blank qcow2 disk of `size` (as qemu-img takes it) at `path`.
+fn create_qcow2(path: &Path, size: &str) -> Result<(), NodeError> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size)
+        .output()
+        .map_err(io("running qemu-img (Debian package qemu-utils)"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(NodeError::Io {
+        what: format!("qemu-img create {} {size}", path.display()),
+        source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    })
 }
 
 /// A USB-stick image for this run: a UKI of the image's kernel with the

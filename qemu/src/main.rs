@@ -23,9 +23,13 @@ struct Args {
     /// Blank virtio disks to attach.
     #[arg(long, default_value_t = 2)]
     disks: u32,
-    /// Size of each blank disk.
+    /// Size of each blank disk (and of a --disk file made anew).
     #[arg(long, default_value = "2G")]
     disk_size: String,
+    /// A disk image to attach and keep (raw, or qcow2 by extension); a
+    /// missing .qcow2 file is created blank. Repeatable.
+    #[arg(long = "disk", value_name = "FILE")]
+    disk_files: Vec<PathBuf>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 1024)]
     memory: u32,
@@ -69,6 +73,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         boot: a.boot,
         disks: a.disks,
         disk_size: a.disk_size,
+        disk_files: a.disk_files,
         memory_mib: a.memory,
         cpus: a.cpus,
         accel: a.accel,

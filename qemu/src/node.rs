@@ -21,6 +21,10 @@ pub struct NodeOptions {
     pub disks: u32,
     /// Size of each blank disk, as qemu-img takes it (`2G`).
     pub disk_size: String,
+    /// Disk images the caller keeps (raw, or qcow2 by extension), attached
+    /// after the blank ones, as virtio disks with serial `zeronode-fileN`:
+    /// a node's disks across reboots, or a disk a test prepared.
+    pub disk_files: Vec<PathBuf>,
     pub memory_mib: u32,
     pub cpus: u32,
     pub accel: Accel,
@@ -46,6 +50,7 @@ impl NodeOptions {
             boot,
             disks: 0,
             disk_size: "2G".into(),
+            disk_files: Vec::new(),
             memory_mib: 1024,
             cpus: 2,
             accel: Accel::Tcg,
