@@ -35,9 +35,10 @@ fn main() -> anyhow::Result<()> {
     let key = NodeKey::load_or_create(&args.key_dir)?;
     let id = key.node_id();
     println!(
-        "identity: node id {id} ({} key) in {} ms",
+        "identity: node id {id} ({} key) in {} ms, at {} ms since boot",
         if key.created() { "new" } else { "existing" },
-        started.elapsed().as_millis()
+        started.elapsed().as_millis(),
+        zeronode_types::clock::since_boot_ms()
     );
     if cfg.owner_key.is_none() {
         tracing::warn!("no zeronode.owner= on the command line: no one can deploy on this node");

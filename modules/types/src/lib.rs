@@ -3,4 +3,5 @@
 
 pub mod boot_config;
 pub mod bus;
+pub mod clock;
 pub mod logging;
