@@ -5,6 +5,7 @@ pub mod logging;
 pub mod loopdev;
 pub mod mounts;
 pub mod net;
+pub mod parallel_hash;
 pub mod pid1;
 pub mod power_button;
 pub mod rootfs;

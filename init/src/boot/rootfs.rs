@@ -7,7 +7,7 @@
 //! /tmp and a tmpfs overlay on /etc, and PID 1 re-executes itself from it.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -56,23 +56,37 @@ fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RootError {
     move |source| RootError::Sys { what, source }
 }
 
-/// blake3 of a file, streamed.
+/// blake3 of a file, mapped and hashed on every CPU.
 pub fn hash_file(path: &Path) -> Result<[u8; 32], RootError> {
     let read_err = |source| RootError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+    let file = File::open(path).map_err(read_err)?;
+    let len = file.metadata().map_err(read_err)?.len() as usize;
+    let Some(len) = std::num::NonZeroUsize::new(len) else {
+        return Ok(*blake3::hash(&[]).as_bytes());
+    };
+    // SAFETY: a private read-only mapping of a file in the initramfs, which
+    // nothing else writes while stage 1 runs; unmapped below.
+    let map = unsafe {
+        nix::sys::mman::mmap(
+            None,
+            len,
+            nix::sys::mman::ProtFlags::PROT_READ,
+            nix::sys::mman::MapFlags::MAP_PRIVATE,
+            &file,
+            0,
+        )
     }
-    Ok(*hasher.finalize().as_bytes())
+    .map_err(|e| read_err(io::Error::from(e)))?;
+    // SAFETY: the mapping is `len` readable bytes until munmap.
+    let data = unsafe { std::slice::from_raw_parts(map.as_ptr().cast::<u8>(), len.get()) };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let hash = *super::parallel_hash::hash(data, threads).as_bytes();
+    // SAFETY: `data` is not used after this.
+    let _ = unsafe { nix::sys::mman::munmap(map, len.get()) };
+    Ok(hash)
 }
 
 /// Checks the image against the pinned hash. A missing pin is a refusal too.
