@@ -1,0 +1,266 @@
+//! The disk policy on real loop devices (root, losetup, mkfs.btrfs, mkfs.ext4).
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use common::{hash_file, make_ext4, LoopDisk, Scratch};
+use zeronode_storage::probe::{self, Content};
+use zeronode_storage::sysfs::Sysfs;
+use zeronode_storage::{bring_up, btrfs, mounts, volumes, Config, DiskState};
+
+fn config(scratch: &Scratch, devices: Vec<PathBuf>, wipe: &[&str]) -> Config {
+    Config {
+        mnt_root: scratch.mnt_root(),
+        cache_dir: scratch.cache(),
+        devices: Some(devices),
+        sysfs: Sysfs::default(),
+        wipe: wipe.iter().map(|s| s.to_string()).collect(),
+        mkfs: btrfs::find_mkfs(None),
+    }
+}
+
+#[test]
+fn blank_disk_is_formatted_labelled_and_holds_the_cache() {
+    let scratch = Scratch::new();
+    let disk = LoopDisk::new(&scratch.path().join("blank.img"), 256);
+    let node = bring_up(&config(&scratch, vec![disk.dev.clone()], &[])).unwrap();
+
+    assert_eq!(node.pools.len(), 1, "{:?}", node.disks);
+    let pool = &node.pools[0];
+    assert!(probe::is_pool_label(&pool.label), "{}", pool.label);
+    assert!(matches!(
+        &node.disks[0].state,
+        DiskState::Pool { formatted: true, wiped: false, label } if *label == pool.label
+    ));
+    // The label is on the disk, where the next boot reads it.
+    assert_eq!(
+        probe::probe(&disk.dev, 256 << 20).unwrap(),
+        Content::Pool {
+            label: pool.label.clone()
+        }
+    );
+    assert_eq!(pool.mount_point, scratch.mnt_root().join(&pool.label));
+    let m = mounts::mounted_at(&pool.mount_point)
+        .unwrap()
+        .expect("pool mounted");
+    assert_eq!(m.fs_type, "btrfs");
+    // The cache is the pool's `cache` subvolume.
+    let c = mounts::mounted_at(&scratch.cache())
+        .unwrap()
+        .expect("cache mounted");
+    assert_eq!((c.fs_type.as_str(), c.root.as_str()), ("btrfs", "/cache"));
+    assert_eq!(node.cache.pool.as_deref(), Some(pool.label.as_str()));
+    assert!(node.warnings.is_empty(), "{:?}", node.warnings);
+}
+
+#[test]
+fn pool_is_reused_and_its_files_survive_a_remount() {
+    let scratch = Scratch::new();
+    let disk = LoopDisk::new(&scratch.path().join("reuse.img"), 256);
+    let cfg = config(&scratch, vec![disk.dev.clone()], &[]);
+    let first = bring_up(&cfg).unwrap();
+    let label = first.pools[0].label.clone();
+    std::fs::write(scratch.cache().join("node.key"), b"marker-42").unwrap();
+    std::fs::write(first.pools[0].mount_point.join("marker"), b"pool-marker").unwrap();
+    scratch.unmount_all();
+    assert!(!scratch.cache().join("node.key").exists());
+
+    let second = bring_up(&cfg).unwrap();
+    assert_eq!(second.pools[0].label, label);
+    assert!(matches!(
+        &second.disks[0].state,
+        DiskState::Pool {
+            formatted: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        std::fs::read(scratch.cache().join("node.key")).unwrap(),
+        b"marker-42"
+    );
+    assert_eq!(
+        std::fs::read(second.pools[0].mount_point.join("marker")).unwrap(),
+        b"pool-marker"
+    );
+
+    // A restarted module finds everything mounted and changes nothing.
+    let third = bring_up(&cfg).unwrap();
+    assert_eq!(third.pools, second.pools);
+}
+
+#[test]
+fn foreign_disk_is_left_byte_identical() {
+    let scratch = Scratch::new();
+    let file = scratch.path().join("foreign.img");
+    make_ext4(&file, 200);
+    let before = hash_file(&file);
+    {
+        let disk = LoopDisk::new(&file, 0);
+        // A wipe naming a disk that is not here changes nothing but warns.
+        let node = bring_up(&config(
+            &scratch,
+            vec![disk.dev.clone()],
+            &["NO-SUCH-SERIAL"],
+        ))
+        .unwrap();
+        assert!(node.pools.is_empty());
+        match &node.disks[0].state {
+            DiskState::LeftAlone(why) => assert!(why.contains("ext4"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            node.warnings
+                .iter()
+                .any(|w| w.contains("NO-SUCH-SERIAL") && w.contains("nothing was erased")),
+            "{:?}",
+            node.warnings
+        );
+        // No pool: the cache is on tmpfs.
+        assert_eq!(node.cache.pool, None);
+        scratch.unmount_all();
+    }
+    assert_eq!(hash_file(&file), before, "the foreign disk's bytes changed");
+}
+
+#[test]
+fn foreign_disk_is_erased_only_when_named_by_serial_or_by_id() {
+    let scratch = Scratch::new();
+    let by_serial = scratch.path().join("old-a.img");
+    let by_id = scratch.path().join("old-b.img");
+    let kept = scratch.path().join("old-c.img");
+    for f in [&by_serial, &by_id, &kept] {
+        make_ext4(f, 200);
+    }
+    let kept_hash = hash_file(&kept);
+    let disks = [
+        LoopDisk::new(&by_serial, 0),
+        LoopDisk::new(&by_id, 0),
+        LoopDisk::new(&kept, 0),
+    ];
+    // Loop devices: the serial is the backing file's name, the by-id name loop-<that>.
+    let node = bring_up(&config(
+        &scratch,
+        disks.iter().map(|d| d.dev.clone()).collect(),
+        &["old-a.img", "/dev/disk/by-id/loop-old-b.img"],
+    ))
+    .unwrap();
+    assert_eq!(node.pools.len(), 2, "{:?}", node.disks);
+    for (report, disk) in node.disks.iter().zip(&disks).take(2) {
+        assert!(
+            matches!(
+                &report.state,
+                DiskState::Pool {
+                    formatted: true,
+                    wiped: true,
+                    ..
+                }
+            ),
+            "{report:?}"
+        );
+        assert!(matches!(
+            probe::probe(&disk.dev, 200 << 20).unwrap(),
+            Content::Pool { .. }
+        ));
+    }
+    assert!(matches!(&node.disks[2].state, DiskState::LeftAlone(_)));
+    scratch.unmount_all();
+    drop(disks);
+    assert_eq!(hash_file(&kept), kept_hash);
+}
+
+#[test]
+fn a_wiped_disk_that_is_already_a_pool_is_not_erased_again() {
+    let scratch = Scratch::new();
+    let disk = LoopDisk::new(&scratch.path().join("again.img"), 256);
+    let cfg = config(&scratch, vec![disk.dev.clone()], &["again.img"]);
+    let first = bring_up(&cfg).unwrap();
+    std::fs::write(scratch.cache().join("keep"), b"1").unwrap();
+    scratch.unmount_all();
+    // The same command line on the next boot must not erase the new pool.
+    let second = bring_up(&cfg).unwrap();
+    assert_eq!(second.pools[0].label, first.pools[0].label);
+    assert!(scratch.cache().join("keep").exists());
+}
+
+#[test]
+fn volume_size_limit_is_enforced() {
+    let scratch = Scratch::new();
+    let disk = LoopDisk::new(&scratch.path().join("vol.img"), 512);
+    let node = bring_up(&config(&scratch, vec![disk.dev.clone()], &[])).unwrap();
+    let limit = 16 << 20;
+    let path = volumes::create(&node.pools, "web-1", limit).unwrap();
+    assert!(btrfs::is_subvolume(&path));
+    assert!(matches!(
+        volumes::create(&node.pools, "web-1", limit),
+        Err(zeronode_storage::StorageError::VolumeExists(_))
+    ));
+
+    let mut f = std::fs::File::create(path.join("fill")).unwrap();
+    let chunk = vec![0xa5u8; 1 << 20];
+    let mut written = 0u64;
+    let err = loop {
+        match f.write_all(&chunk).and_then(|_| f.sync_data()) {
+            Ok(()) => written += chunk.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(
+            written <= 64 << 20,
+            "wrote {written} bytes past a {limit}-byte limit"
+        );
+    };
+    let code = err.raw_os_error();
+    assert!(
+        code == Some(nix::libc::EDQUOT) || code == Some(nix::libc::ENOSPC),
+        "{err}"
+    );
+    assert!(written <= limit, "wrote {written} bytes, limit {limit}");
+    drop(f);
+
+    let list = volumes::list(&node.pools).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].name.as_str(), list[0].limit), ("web-1", limit));
+    assert!(
+        list[0].used >= written,
+        "{:?} after {written} bytes",
+        list[0]
+    );
+
+    volumes::delete(&node.pools, "web-1").unwrap();
+    assert!(volumes::list(&node.pools).unwrap().is_empty());
+    assert!(matches!(
+        volumes::delete(&node.pools, "web-1"),
+        Err(zeronode_storage::StorageError::NoSuchVolume(_))
+    ));
+}
+
+#[test]
+fn no_disk_means_a_tmpfs_cache_and_a_warning() {
+    let scratch = Scratch::new();
+    let node = bring_up(&config(&scratch, vec![], &[])).unwrap();
+    assert!(node.pools.is_empty());
+    assert_eq!(node.cache.pool, None);
+    assert!(
+        node.warnings.iter().any(|w| w.contains("survive a reboot")),
+        "{:?}",
+        node.warnings
+    );
+    let m = mounts::mounted_at(&scratch.cache())
+        .unwrap()
+        .expect("tmpfs on the cache");
+    assert_eq!(m.fs_type, "tmpfs");
+}
+
+#[test]
+fn a_partition_or_a_missing_device_is_refused_before_anything_changes() {
+    let scratch = Scratch::new();
+    let err = bring_up(&config(&scratch, vec!["/dev/nonexistent".into()], &[])).unwrap_err();
+    assert!(err.to_string().contains("/dev/nonexistent"), "{err}");
+    let err = bring_up(&config(&scratch, vec!["/dev/null".into()], &[])).unwrap_err();
+    assert!(err.to_string().contains("not a block device"), "{err}");
+    assert!(
+        !scratch.cache().exists(),
+        "nothing may be set up on bad input"
+    );
+}
