@@ -1,6 +1,7 @@
 //! The storage service: bring the disks up, print one line, serve D-Bus
 //! until SIGTERM.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -42,6 +43,8 @@ fn main() -> std::process::ExitCode {
     let started = Instant::now();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // The supervisor captures stderr into logs and the console: no colour codes there.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
