@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{umount2, MntFlags};
 use zeronode_storage::sysfs::Sysfs;
-use zeronode_storage::{btrfs, bring_up, mounts, volumes, Config};
+use zeronode_storage::{bring_up, btrfs, mounts, volumes, Config};
 
 const RUNS: usize = 5;
 const DISK_MIB: u64 = 1024;
@@ -77,7 +77,10 @@ fn main() {
     for _ in 0..RUNS {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = std::fs::canonicalize(dir.path()).expect("canonical temp dir");
-        let loops = [Loop::attach(&root.join("a.img")), Loop::attach(&root.join("b.img"))];
+        let loops = [
+            Loop::attach(&root.join("a.img")),
+            Loop::attach(&root.join("b.img")),
+        ];
         let _unmount = Unmount(root.clone());
         let cfg = Config {
             mnt_root: root.join("mnt"),
@@ -108,8 +111,13 @@ fn main() {
         volumes::delete(&node.pools, "bench").expect("delete");
         rows[5].1.push(t.elapsed());
     }
-    println!("storage bring-up on loop devices ({DISK_MIB} MiB sparse files), median of {RUNS} runs");
-    println!("{:<42} {:>10} {:>10} {:>10}", "step", "median ms", "min ms", "max ms");
+    println!(
+        "storage bring-up on loop devices ({DISK_MIB} MiB sparse files), median of {RUNS} runs"
+    );
+    println!(
+        "{:<42} {:>10} {:>10} {:>10}",
+        "step", "median ms", "min ms", "max ms"
+    );
     for (name, times) in rows {
         let min = times.iter().min().copied().unwrap_or_default();
         let max = times.iter().max().copied().unwrap_or_default();

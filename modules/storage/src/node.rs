@@ -314,11 +314,24 @@ fn uuid_string(b: &[u8; 16]) -> String {
     )
 }
 
-/// The cache on the first SSD pool (else the first pool): subvolume
+/// The pool for the cache: one that holds a cache already (so a disk added
+/// later never takes the node key's place), else the first SSD pool, else
+/// the first pool; SSD first among several with a cache.
+pub fn choose_cache_pool(pools: &[Pool], has_cache: impl Fn(&Pool) -> bool) -> Option<&Pool> {
+    let rank = |p: &Pool| (!has_cache(p), !p.ssd);
+    pools
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, p)| (rank(p), *i))
+        .map(|(_, p)| p)
+}
+
+/// The cache on the pool [`choose_cache_pool`] picks: subvolume
 /// `cache` bind-mounted at `cfg.cache_dir`; with no pool, a tmpfs there.
 fn setup_cache(cfg: &Config, pools: &[Pool], warnings: &mut Vec<String>) -> Result<Cache> {
     let current = mounts::mounted_at(&cfg.cache_dir)?;
-    let Some(pool) = pools.iter().find(|p| p.ssd).or(pools.first()) else {
+    let has_cache = |p: &Pool| p.mount_point.join(CACHE_SUBVOLUME).exists();
+    let Some(pool) = choose_cache_pool(pools, has_cache) else {
         let w = format!(
             "no disk for a pool: cache {} is on tmpfs, nothing in it will survive a reboot",
             cfg.cache_dir.display()
@@ -350,6 +363,36 @@ fn setup_cache(cfg: &Config, pools: &[Pool], warnings: &mut Vec<String>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pool(label: &str, ssd: bool) -> Pool {
+        Pool {
+            label: label.into(),
+            device: "/dev/x".into(),
+            mount_point: "/mnt/x".into(),
+            ssd,
+        }
+    }
+
+    #[test]
+    fn the_cache_stays_where_it_is_else_goes_to_an_ssd() {
+        let pools = [
+            pool("zn-hdd", false),
+            pool("zn-ssd1", true),
+            pool("zn-ssd2", true),
+        ];
+        let pick = |with_cache: &[&str]| {
+            choose_cache_pool(&pools, |p| with_cache.contains(&p.label.as_str()))
+                .map(|p| p.label.clone())
+        };
+        assert_eq!(pick(&[]).as_deref(), Some("zn-ssd1"));
+        assert_eq!(pick(&["zn-hdd"]).as_deref(), Some("zn-hdd"));
+        assert_eq!(pick(&["zn-hdd", "zn-ssd2"]).as_deref(), Some("zn-ssd2"));
+        assert_eq!(
+            choose_cache_pool(&pools[..1], |_| false).unwrap().label,
+            "zn-hdd"
+        );
+        assert!(choose_cache_pool(&[], |_| true).is_none());
+    }
 
     #[test]
     fn uuids_are_version_4() {

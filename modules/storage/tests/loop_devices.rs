@@ -264,3 +264,52 @@ fn a_partition_or_a_missing_device_is_refused_before_anything_changes() {
         "nothing may be set up on bad input"
     );
 }
+
+/// Marks a loop device as an SSD (queue/rotational is writable), undone on drop.
+struct Rotational(PathBuf);
+
+impl Rotational {
+    fn ssd(dev: &std::path::Path) -> Rotational {
+        let name = dev.file_name().unwrap().to_string_lossy().into_owned();
+        let attr = PathBuf::from(format!("/sys/block/{name}/queue/rotational"));
+        std::fs::write(&attr, "0").unwrap();
+        Rotational(attr)
+    }
+}
+
+impl Drop for Rotational {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "1");
+    }
+}
+
+#[test]
+fn cache_prefers_an_ssd_and_then_stays_on_its_pool() {
+    let scratch = Scratch::new();
+    let hdd = LoopDisk::new(&scratch.path().join("hdd.img"), 256);
+    let ssd = LoopDisk::new(&scratch.path().join("ssd.img"), 256);
+    let _ssd_flag = Rotational::ssd(&ssd.dev);
+    let node = bring_up(&config(
+        &scratch,
+        vec![hdd.dev.clone(), ssd.dev.clone()],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(node.pools.len(), 2);
+    assert!(!node.pools[0].ssd && node.pools[1].ssd);
+    assert_eq!(node.cache.pool.as_ref(), Some(&node.pools[1].label));
+    std::fs::write(scratch.cache().join("node.key"), b"k").unwrap();
+    scratch.unmount_all();
+
+    // A new blank SSD listed first must not take the cache away.
+    let new_ssd = LoopDisk::new(&scratch.path().join("new.img"), 256);
+    let _new_flag = Rotational::ssd(&new_ssd.dev);
+    let devices = vec![new_ssd.dev.clone(), hdd.dev.clone(), ssd.dev.clone()];
+    let node2 = bring_up(&config(&scratch, devices, &[])).unwrap();
+    assert_eq!(node2.pools.len(), 3);
+    assert_eq!(node2.cache.pool, node.cache.pool);
+    assert_eq!(
+        std::fs::read(scratch.cache().join("node.key")).unwrap(),
+        b"k"
+    );
+}
