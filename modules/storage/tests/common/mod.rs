@@ -7,6 +7,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use nix::mount::{umount2, MntFlags};
+use zeronode_storage::mounts::MountEntry;
 
 pub const MIB: u64 = 1 << 20;
 
@@ -47,6 +48,9 @@ impl LoopDisk {
 
 impl Drop for LoopDisk {
     fn drop(&mut self) {
+        // Whatever order a test drops its guards in, the device's mounts
+        // (pool and cache bind mount alike name it as source) go first.
+        unmount_where(|m| Path::new(&m.source) == self.dev);
         let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
     }
 }
@@ -79,22 +83,26 @@ impl Scratch {
     /// Unmounts every mount under the directory, deepest first.
     pub fn unmount_all(&self) {
         let root = std::fs::canonicalize(self.path()).unwrap();
-        // Bounded: a mount that refuses even a lazy unmount must not hang the test.
-        for _ in 0..8 {
-            let mut under: Vec<PathBuf> = zeronode_storage::mounts::mounts()
-                .unwrap()
-                .into_iter()
-                .map(|m| m.mount_point)
-                .filter(|p| p.starts_with(&root))
-                .collect();
-            if under.is_empty() {
-                return;
-            }
-            under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-            for p in under {
-                let _ =
-                    umount2(&p, MntFlags::empty()).or_else(|_| umount2(&p, MntFlags::MNT_DETACH));
-            }
+        unmount_where(|m| m.mount_point.starts_with(&root));
+    }
+}
+
+/// Unmounts every mount `pick` chooses, deepest first.
+pub fn unmount_where(pick: impl Fn(&MountEntry) -> bool) {
+    // Bounded: a mount that refuses even a lazy unmount must not hang the test.
+    for _ in 0..8 {
+        let mut chosen: Vec<PathBuf> = zeronode_storage::mounts::mounts()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| pick(m))
+            .map(|m| m.mount_point)
+            .collect();
+        if chosen.is_empty() {
+            return;
+        }
+        chosen.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in chosen {
+            let _ = umount2(&p, MntFlags::empty()).or_else(|_| umount2(&p, MntFlags::MNT_DETACH));
         }
     }
 }
