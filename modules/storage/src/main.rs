@@ -53,7 +53,6 @@ fn main() -> std::process::ExitCode {
     match run(Args::parse(), started) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("zeronode-storage: {e:#}");
             std::process::ExitCode::FAILURE
         }
@@ -64,10 +63,14 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     let cmdline = std::fs::read_to_string(&args.cmdline)
         .with_context(|| format!("reading the command line {}", args.cmdline.display()))?;
     let (boot, warnings) = zeronode_types::boot_config::parse(&cmdline);
-    for w in warnings
+    // PID 1 reports every malformed parameter too; a bad wipe= is repeated
+    // here because it is the one that decides whether a disk is erased.
+    let wipe_warnings: Vec<String> = warnings
         .iter()
         .filter(|w| w.param.starts_with("zeronode.wipe"))
-    {
+        .map(|w| w.to_string())
+        .collect();
+    for w in &wipe_warnings {
         tracing::warn!("{w}");
     }
     let config = Config {
@@ -84,7 +87,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     let node = bring_up(&config).context("bringing the disks up")?;
     let ms = started.elapsed().as_millis();
     let cache_on = node.cache.pool.clone().unwrap_or_else(|| "tmpfs".into());
-    for w in &node.warnings {
+    for w in wipe_warnings.iter().chain(&node.warnings) {
         println!("storage: WARNING: {w}");
     }
     println!(

@@ -313,3 +313,127 @@ fn cache_prefers_an_ssd_and_then_stays_on_its_pool() {
         b"k"
     );
 }
+
+#[test]
+fn disk_with_an_efi_system_partition_is_never_erased() {
+    let scratch = Scratch::new();
+    let file = scratch.path().join("boot.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    // sfdisk (util-linux): a GPT with one EFI system partition, as our image has.
+    let mut sfdisk = std::process::Command::new("sfdisk")
+        .args(["--quiet"])
+        .arg(&file)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk runs");
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: gpt\n,64M,U\n")
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let before = hash_file(&file);
+    {
+        let disk = LoopDisk::new(&file, 0);
+        let node = bring_up(&config(&scratch, vec![disk.dev.clone()], &["boot.img"])).unwrap();
+        match &node.disks[0].state {
+            DiskState::LeftAlone(why) => {
+                assert!(
+                    why.contains("EFI system partition") && why.contains("never erased"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        scratch.unmount_all();
+    }
+    assert_eq!(hash_file(&file), before);
+}
+
+/// The /sys/block scan path on loop devices: a fake sysfs tree whose disks
+/// are virtio-style (`vd*`) and whose /dev nodes are links to loop devices.
+#[test]
+fn scanned_disks_follow_the_policy_and_wipe_by_virtio_by_id() {
+    let scratch = Scratch::new();
+    let sys = scratch.path().join("sys");
+    let dev = scratch.path().join("dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    let foreign = scratch.path().join("f.img");
+    make_ext4(&foreign, 200);
+    let loops = [
+        LoopDisk::new(&foreign, 0),
+        LoopDisk::new(&scratch.path().join("ro.img"), 200),
+        LoopDisk::new(&scratch.path().join("held.img"), 200),
+        LoopDisk::new(&scratch.path().join("usb.img"), 200),
+    ];
+    let fake = |name: &str, target: &std::path::Path, extra: &[(&str, &str)]| {
+        let d = sys.join("block").join(name);
+        std::fs::create_dir_all(d.join("queue")).unwrap();
+        std::fs::create_dir_all(d.join("holders")).unwrap();
+        std::fs::write(d.join("size"), format!("{}", (200u64 << 20) / 512)).unwrap();
+        for (k, v) in [("queue/rotational", "0"), ("removable", "0"), ("ro", "0")]
+            .iter()
+            .chain(extra)
+        {
+            let p = d.join(k);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v).unwrap();
+        }
+        std::os::unix::fs::symlink(target, dev.join(name)).unwrap();
+    };
+    fake("vdz", &loops[0].dev, &[("serial", "WIPE-ME")]);
+    fake("vdy", &loops[1].dev, &[("serial", "RO-1"), ("ro", "1")]);
+    fake(
+        "vdx",
+        &loops[2].dev,
+        &[("serial", "HELD-1"), ("holders/dm-0", "")],
+    );
+    fake(
+        "vdw",
+        &loops[3].dev,
+        &[("serial", "USB-1"), ("removable", "1")],
+    );
+    fake("loop9", &loops[3].dev, &[]);
+    fake("zram0", &loops[3].dev, &[]);
+
+    let mut cfg = config(
+        &scratch,
+        vec![],
+        &[
+            "/dev/disk/by-id/virtio-WIPE-ME",
+            "/dev/disk/by-id/virtio-NOPE",
+        ],
+    );
+    cfg.devices = None;
+    cfg.sysfs = Sysfs {
+        root: sys.clone(),
+        dev_dir: dev.clone(),
+    };
+    let node = bring_up(&cfg).unwrap();
+    let states: Vec<(&str, String)> = node
+        .disks
+        .iter()
+        .map(|r| (r.disk.name.as_str(), format!("{:?}", r.state)))
+        .collect();
+    assert_eq!(states.len(), 4, "loop and zram are not disks: {states:?}");
+    let state = |name: &str| states.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+    assert!(state("vdw").contains("removable"), "{states:?}");
+    assert!(state("vdx").contains("in use by dm-0"), "{states:?}");
+    assert!(state("vdy").contains("read-only"), "{states:?}");
+    assert!(state("vdz").contains("wiped: true"), "{states:?}");
+    assert_eq!(node.pools.len(), 1);
+    assert!(node.pools[0].ssd);
+    assert!(
+        node.warnings.iter().any(|w| w.contains("virtio-NOPE")),
+        "{:?}",
+        node.warnings
+    );
+    // The disks left alone are still all zero.
+    for l in &loops[1..] {
+        assert_eq!(probe::probe(&l.dev, 200 << 20).unwrap(), Content::Blank);
+    }
+}

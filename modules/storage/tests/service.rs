@@ -95,7 +95,7 @@ async fn proxy(scratch: &Scratch) -> (zbus::Connection, Storage1Proxy<'static>) 
 async fn serves_pools_and_volumes_and_keeps_them_across_runs() {
     let scratch = Scratch::new();
     let disk = LoopDisk::new(&scratch.path().join("svc.img"), 512);
-    let cmdline = "console=ttyS0 zeronode.wipe=ABSENT-DISK-1";
+    let cmdline = "console=ttyS0 zeronode.wipe=ABSENT-DISK-1 zeronode.wipe=/dev/sda";
 
     let svc = Service::start(&scratch, &[&disk.dev], cmdline);
     let lines = svc.until_ready();
@@ -103,6 +103,12 @@ async fn serves_pools_and_volumes_and_keeps_them_across_runs() {
         lines
             .iter()
             .any(|l| l.contains("WARNING") && l.contains("ABSENT-DISK-1")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("WARNING") && l.contains("/dev/sda") && l.contains("by-id")),
         "{lines:?}"
     );
     let ready = lines.last().unwrap();
