@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::btrfs;
@@ -349,6 +349,9 @@ fn setup_cache(cfg: &Config, pools: &[Pool], warnings: &mut Vec<String>) -> Resu
     let subvolume = pool.mount_point.join(CACHE_SUBVOLUME);
     if !subvolume.exists() {
         btrfs::subvolume_create(&pool.mount_point, CACHE_SUBVOLUME)?;
+        // The node key lives there: root only, like the tmpfs fallback.
+        std::fs::set_permissions(&subvolume, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(&subvolume, "making the cache private"))?;
     }
     let already = matches!(&current, Some(m) if m.fs_type == "btrfs" && m.root == format!("/{CACHE_SUBVOLUME}"));
     if !already {

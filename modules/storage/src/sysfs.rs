@@ -82,6 +82,8 @@ impl Sysfs {
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| virtual_kind(n).is_none())
+            // Hidden: NVMe multipath paths (nvme0c0n1) and the like, reached through their head.
+            .filter(|n| read_attr(&block.join(n).join("hidden")).as_deref() != Some("1"))
             .collect();
         names.sort();
         names.iter().map(|n| self.disk(n)).collect()
@@ -318,6 +320,7 @@ mod tests {
         fake_disk(root, "loop0", &[]);
         fake_disk(root, "zram0", &[]);
         fake_disk(root, "dm-0", &[]);
+        fake_disk(root, "nvme0c0n1", &[("hidden", b"1\n")]);
 
         let sys = Sysfs {
             root: root.into(),

@@ -52,6 +52,12 @@ fn blank_disk_is_formatted_labelled_and_holds_the_cache() {
         .expect("cache mounted");
     assert_eq!((c.fs_type.as_str(), c.root.as_str()), ("btrfs", "/cache"));
     assert_eq!(node.cache.pool.as_deref(), Some(pool.label.as_str()));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(scratch.cache())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "the cache holds the node key");
     assert!(node.warnings.is_empty(), "{:?}", node.warnings);
 }
 
