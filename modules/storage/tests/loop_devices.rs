@@ -443,3 +443,33 @@ fn scanned_disks_follow_the_policy_and_wipe_by_virtio_by_id() {
         assert_eq!(probe::probe(&l.dev, 200 << 20).unwrap(), Content::Blank);
     }
 }
+
+#[test]
+fn a_mounted_disk_named_in_wipe_is_refused_by_the_kernel() {
+    let scratch = Scratch::new();
+    let file = scratch.path().join("busy.img");
+    make_ext4(&file, 200);
+    let disk = LoopDisk::new(&file, 0);
+    let mnt = scratch.path().join("busy");
+    std::fs::create_dir_all(&mnt).unwrap();
+    nix::mount::mount(
+        Some(&disk.dev),
+        &mnt,
+        Some("ext4"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let node = bring_up(&config(&scratch, vec![disk.dev.clone()], &["busy.img"])).unwrap();
+    match &node.disks[0].state {
+        DiskState::Failed(e) => assert!(e.contains("exclusively"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(std::fs::read(mnt.join("precious.txt"))
+        .unwrap()
+        .starts_with(b"someone's"));
+    assert!(matches!(
+        probe::probe(&disk.dev, 200 << 20).unwrap(),
+        Content::Foreign { what, .. } if what.contains("ext4")
+    ));
+}
