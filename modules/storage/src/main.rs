@@ -1,0 +1,116 @@
+//! The storage service: bring the disks up, print one line, serve D-Bus
+//! until SIGTERM.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use zeronode_storage::dbus::{StorageService, OBJECT_PATH};
+use zeronode_storage::sysfs::Sysfs;
+use zeronode_storage::{bring_up, btrfs, Config};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "ZeroNode storage: disks, pools, node cache, volumes")]
+struct Args {
+    /// D-Bus socket to serve org.zeronode.Storage1 on; created only once the
+    /// pools and the cache are ready, so a health check on it means ready.
+    #[arg(long, default_value = "/run/zeronode/storage.sock")]
+    socket: PathBuf,
+    /// Kernel command line to read zeronode.wipe= from.
+    #[arg(long, default_value = "/proc/cmdline")]
+    cmdline: PathBuf,
+    /// Pools mount at DIR/<pool name>.
+    #[arg(long, default_value = "/mnt")]
+    mnt_root: PathBuf,
+    /// The node cache directory.
+    #[arg(long, default_value = "/var/cache/zeronode")]
+    cache: PathBuf,
+    /// Use these whole-disk devices instead of scanning /sys/block (loop
+    /// devices allowed); repeatable.
+    #[arg(long = "device")]
+    devices: Vec<PathBuf>,
+    /// sysfs mount point.
+    #[arg(long, default_value = "/sys")]
+    sysfs: PathBuf,
+    /// mkfs.btrfs to run (default: found in /usr/sbin, /sbin, /usr/bin, /bin).
+    #[arg(long)]
+    mkfs_btrfs: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let started = Instant::now();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        // The supervisor captures stderr into logs and the console: no colour codes there.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Args::parse(), started) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zeronode-storage: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args, started: Instant) -> anyhow::Result<()> {
+    let cmdline = std::fs::read_to_string(&args.cmdline)
+        .with_context(|| format!("reading the command line {}", args.cmdline.display()))?;
+    let (boot, warnings) = zeronode_types::boot_config::parse(&cmdline);
+    // PID 1 reports every malformed parameter too; a bad wipe= is repeated
+    // here because it is the one that decides whether a disk is erased.
+    let wipe_warnings: Vec<String> = warnings
+        .iter()
+        .filter(|w| w.param.starts_with("zeronode.wipe"))
+        .map(|w| w.to_string())
+        .collect();
+    for w in &wipe_warnings {
+        tracing::warn!("{w}");
+    }
+    let config = Config {
+        mnt_root: args.mnt_root,
+        cache_dir: args.cache,
+        devices: (!args.devices.is_empty()).then_some(args.devices),
+        sysfs: Sysfs {
+            root: args.sysfs,
+            dev_dir: "/dev".into(),
+        },
+        wipe: boot.wipe,
+        mkfs: btrfs::find_mkfs(args.mkfs_btrfs.as_deref()),
+    };
+    let node = bring_up(&config).context("bringing the disks up")?;
+    let ms = started.elapsed().as_millis();
+    let cache_on = node.cache.pool.clone().unwrap_or_else(|| "tmpfs".into());
+    for w in wipe_warnings.iter().chain(&node.warnings) {
+        println!("storage: WARNING: {w}");
+    }
+    println!(
+        "storage: {} pool{} mounted, cache on {cache_on} in {ms} ms",
+        node.pools.len(),
+        if node.pools.len() == 1 { "" } else { "s" }
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let server =
+            zeronode_types::bus::serve(&args.socket, OBJECT_PATH, StorageService::new(node))
+                .with_context(|| format!("serving D-Bus on {}", args.socket.display()))?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping; pools stay mounted"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping; pools stay mounted"),
+        }
+        server.abort();
+        let _ = std::fs::remove_file(&args.socket);
+        Ok(())
+    })
+}

@@ -1,0 +1,408 @@
+//! Bring-up: every disk through the policy (pool it, reuse it, or leave it
+//! alone), then the node cache on the first pool.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::btrfs;
+use crate::error::{io, Result, StorageError};
+use crate::mounts;
+use crate::probe::{self, Content, MIB};
+use crate::sysfs::{Disk, Sysfs};
+
+/// Smaller blank disks are not worth a pool (and mkfs.btrfs wants ~110 MiB).
+pub const MIN_POOL_BYTES: u64 = 128 * MIB;
+/// The subvolume of a pool that holds the node cache.
+pub const CACHE_SUBVOLUME: &str = "cache";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Pools mount at `<mnt_root>/<label>`.
+    pub mnt_root: PathBuf,
+    /// The node cache (/var/cache/zeronode on a node).
+    pub cache_dir: PathBuf,
+    /// Explicit devices instead of scanning /sys/block (loop devices allowed).
+    pub devices: Option<Vec<PathBuf>>,
+    pub sysfs: Sysfs,
+    /// `zeronode.wipe=` values: serials or /dev/disk/by-id/ paths.
+    pub wipe: Vec<String>,
+    pub mkfs: PathBuf,
+}
+
+/// A mounted pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub label: String,
+    pub device: PathBuf,
+    pub mount_point: PathBuf,
+    pub ssd: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskState {
+    /// Part of pool `label`; `formatted` now (blank, or wiped first).
+    Pool {
+        label: String,
+        formatted: bool,
+        wiped: bool,
+    },
+    /// Not touched; why.
+    LeftAlone(String),
+    /// The policy wanted to pool it and failed; the error.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskReport {
+    pub disk: Disk,
+    pub state: DiskState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    pub path: PathBuf,
+    /// The pool holding it; None: tmpfs, lost at reboot.
+    pub pool: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub pools: Vec<Pool>,
+    pub disks: Vec<DiskReport>,
+    pub cache: Cache,
+    /// What the console should show (wipe naming no disk, no disk at all).
+    pub warnings: Vec<String>,
+}
+
+/// Brings every disk up under the policy and sets up the cache. A bad
+/// device in `cfg.devices` fails before anything is written; a disk that
+/// fails later is reported and the others go on.
+pub fn bring_up(cfg: &Config) -> Result<Node> {
+    let disks = match &cfg.devices {
+        Some(devs) => devs
+            .iter()
+            .map(|d| cfg.sysfs.disk_of_node(d))
+            .collect::<Result<Vec<_>>>()?,
+        None => cfg.sysfs.scan()?,
+    };
+    let mut warnings = Vec::new();
+    for reference in &cfg.wipe {
+        if !disks.iter().any(|d| d.matches(reference)) {
+            let w = format!(
+                "zeronode.wipe={reference}: no disk with that serial or by-id name is present; nothing was erased"
+            );
+            tracing::warn!("{w}");
+            warnings.push(w);
+        }
+    }
+    let mut pools: Vec<Pool> = Vec::new();
+    let mut reports = Vec::new();
+    for disk in disks {
+        let wipe = cfg.wipe.iter().any(|r| disk.matches(r));
+        let taken: BTreeSet<String> = pools.iter().map(|p| p.label.clone()).collect();
+        let state = match bring_up_disk(cfg, &disk, wipe, &taken) {
+            Ok(Outcome::Pooled(pool, state)) => {
+                pools.push(pool);
+                state
+            }
+            Ok(Outcome::Left(reason)) => {
+                tracing::info!("{}: left alone: {reason}", disk.dev.display());
+                DiskState::LeftAlone(reason)
+            }
+            Err(e) => {
+                tracing::error!("{}: {e}", disk.dev.display());
+                DiskState::Failed(e.to_string())
+            }
+        };
+        reports.push(DiskReport { disk, state });
+    }
+    let cache = setup_cache(cfg, &pools, &mut warnings)?;
+    Ok(Node {
+        pools,
+        disks: reports,
+        cache,
+        warnings,
+    })
+}
+
+enum Outcome {
+    Pooled(Pool, DiskState),
+    Left(String),
+}
+
+fn bring_up_disk(
+    cfg: &Config,
+    disk: &Disk,
+    wipe: bool,
+    taken: &BTreeSet<String>,
+) -> Result<Outcome> {
+    if disk.read_only {
+        return Ok(Outcome::Left("read-only".into()));
+    }
+    if !disk.holders.is_empty() {
+        return Ok(Outcome::Left(format!(
+            "in use by {}",
+            disk.holders.join(", ")
+        )));
+    }
+    if disk.size_bytes == 0 {
+        return Ok(Outcome::Left("no medium".into()));
+    }
+    let content = probe::probe(&disk.dev, disk.size_bytes)?;
+    let mut wiped = false;
+    match content {
+        Content::Pool { label } => {
+            if taken.contains(&label) {
+                return Ok(Outcome::Left(format!(
+                    "ZeroNode pool {label} is already mounted from another disk (a copy?)"
+                )));
+            }
+            if wipe {
+                tracing::warn!(
+                    "{}: named in zeronode.wipe= but already ZeroNode pool {label}: reused, not erased (take it off the command line)",
+                    disk.dev.display()
+                );
+            }
+            let pool = mount_pool(cfg, disk, &label)?;
+            tracing::info!(
+                "{}: pool {label} reused at {}",
+                disk.dev.display(),
+                pool.mount_point.display()
+            );
+            return Ok(Outcome::Pooled(
+                pool,
+                DiskState::Pool {
+                    label,
+                    formatted: false,
+                    wiped: false,
+                },
+            ));
+        }
+        Content::Blank => {
+            if disk.removable && !wipe {
+                return Ok(Outcome::Left(
+                    "removable medium (blank; name it in zeronode.wipe= to use it)".into(),
+                ));
+            }
+        }
+        Content::Foreign { what, boot_medium } => {
+            if !wipe {
+                return Ok(Outcome::Left(what));
+            }
+            if boot_medium {
+                return Ok(Outcome::Left(format!(
+                    "{what}: a boot medium is never erased, zeronode.wipe= refused"
+                )));
+            }
+            tracing::warn!(
+                "{}: erasing {what} as zeronode.wipe= asks",
+                disk.dev.display()
+            );
+            wipe_signatures(&disk.dev, disk.size_bytes)?;
+            wiped = true;
+            if probe::probe(&disk.dev, disk.size_bytes)? != Content::Blank {
+                return Err(StorageError::BadDevice {
+                    path: disk.dev.clone(),
+                    reason: "still not blank after erasing its signatures".into(),
+                });
+            }
+        }
+    }
+    if disk.size_bytes < MIN_POOL_BYTES {
+        return Ok(Outcome::Left(format!(
+            "blank but smaller than {} MiB, too small for a pool",
+            MIN_POOL_BYTES / MIB
+        )));
+    }
+    let uuid = random_uuid()?;
+    let label = probe::pool_label(&uuid);
+    btrfs::mkfs(&cfg.mkfs, &disk.dev, &label, &uuid_string(&uuid))?;
+    let pool = mount_pool(cfg, disk, &label)?;
+    tracing::info!(
+        "{}: formatted as pool {label}, mounted at {}",
+        disk.dev.display(),
+        pool.mount_point.display()
+    );
+    Ok(Outcome::Pooled(
+        pool,
+        DiskState::Pool {
+            label,
+            formatted: true,
+            wiped,
+        },
+    ))
+}
+
+/// Mounts pool `label` from `disk` at `<mnt_root>/<label>`, unless a
+/// previous run of this module mounted it there already.
+fn mount_pool(cfg: &Config, disk: &Disk, label: &str) -> Result<Pool> {
+    let mount_point = cfg.mnt_root.join(label);
+    match mounts::mounted_at(&mount_point)? {
+        Some(m) if m.fs_type == "btrfs" && m.root == "/" => {}
+        Some(m) => {
+            return Err(StorageError::BadDevice {
+                path: mount_point,
+                reason: format!("already holds a {} mount of {}", m.fs_type, m.source),
+            })
+        }
+        None => mounts::mount_btrfs(&disk.dev, &mount_point)?,
+    }
+    Ok(Pool {
+        label: label.into(),
+        device: disk.dev.clone(),
+        mount_point,
+        ssd: !disk.rotational,
+    })
+}
+
+/// Zeroes what any signature can live in under our blank rule: the first
+/// and last MiB and the btrfs superblock copies. The device is opened
+/// exclusively, so the kernel refuses it while mounted or held.
+pub fn wipe_signatures(dev: &Path, size: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_EXCL)
+        .open(dev)
+        .map_err(io(dev, "opening exclusively to erase (mounted or in use?)"))?;
+    let zeros = vec![0u8; MIB as usize];
+    let mut spans = vec![
+        (0, MIB.min(size)),
+        (size.saturating_sub(MIB), MIB.min(size)),
+    ];
+    for at in [64u64 << 20, 256 << 30] {
+        if at + 4096 <= size {
+            spans.push((at, 4096));
+        }
+    }
+    for (at, len) in spans {
+        file.write_all_at(&zeros[..len as usize], at)
+            .map_err(io(dev, "erasing signatures"))?;
+    }
+    file.sync_all().map_err(io(dev, "flushing the erase"))?;
+    nix::ioctl_none!(blkrrpart, 0x12, 95);
+    // SAFETY: BLKRRPART takes no argument. The kernel drops the partitions
+    // it knew; loop devices without partition scanning say EINVAL.
+    if let Err(e) = unsafe { blkrrpart(file.as_raw_fd()) } {
+        tracing::debug!("{}: re-reading partitions: {e}", dev.display());
+    }
+    Ok(())
+}
+
+fn random_uuid() -> Result<[u8; 16]> {
+    let mut b = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(io("/dev/urandom", "reading"))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Ok(b)
+}
+
+fn uuid_string(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// The pool for the cache: one that holds a cache already (so a disk added
+/// later never takes the node key's place), else the first SSD pool, else
+/// the first pool; SSD first among several with a cache.
+pub fn choose_cache_pool(pools: &[Pool], has_cache: impl Fn(&Pool) -> bool) -> Option<&Pool> {
+    let rank = |p: &Pool| (!has_cache(p), !p.ssd);
+    pools
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, p)| (rank(p), *i))
+        .map(|(_, p)| p)
+}
+
+/// The cache on the pool [`choose_cache_pool`] picks: subvolume
+/// `cache` bind-mounted at `cfg.cache_dir`; with no pool, a tmpfs there.
+fn setup_cache(cfg: &Config, pools: &[Pool], warnings: &mut Vec<String>) -> Result<Cache> {
+    let current = mounts::mounted_at(&cfg.cache_dir)?;
+    let has_cache = |p: &Pool| p.mount_point.join(CACHE_SUBVOLUME).exists();
+    let Some(pool) = choose_cache_pool(pools, has_cache) else {
+        let w = format!(
+            "no disk for a pool: cache {} is on tmpfs, nothing in it will survive a reboot",
+            cfg.cache_dir.display()
+        );
+        tracing::warn!("{w}");
+        warnings.push(w);
+        if !matches!(&current, Some(m) if m.fs_type == "tmpfs") {
+            mounts::tmpfs(&cfg.cache_dir)?;
+        }
+        return Ok(Cache {
+            path: cfg.cache_dir.clone(),
+            pool: None,
+        });
+    };
+    let subvolume = pool.mount_point.join(CACHE_SUBVOLUME);
+    if !subvolume.exists() {
+        btrfs::subvolume_create(&pool.mount_point, CACHE_SUBVOLUME)?;
+        // The node key lives there: root only, like the tmpfs fallback.
+        std::fs::set_permissions(&subvolume, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(&subvolume, "making the cache private"))?;
+    }
+    let already = matches!(&current, Some(m) if m.fs_type == "btrfs" && m.root == format!("/{CACHE_SUBVOLUME}"));
+    if !already {
+        mounts::bind(&subvolume, &cfg.cache_dir)?;
+    }
+    Ok(Cache {
+        path: cfg.cache_dir.clone(),
+        pool: Some(pool.label.clone()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(label: &str, ssd: bool) -> Pool {
+        Pool {
+            label: label.into(),
+            device: "/dev/x".into(),
+            mount_point: "/mnt/x".into(),
+            ssd,
+        }
+    }
+
+    #[test]
+    fn the_cache_stays_where_it_is_else_goes_to_an_ssd() {
+        let pools = [
+            pool("zn-hdd", false),
+            pool("zn-ssd1", true),
+            pool("zn-ssd2", true),
+        ];
+        let pick = |with_cache: &[&str]| {
+            choose_cache_pool(&pools, |p| with_cache.contains(&p.label.as_str()))
+                .map(|p| p.label.clone())
+        };
+        assert_eq!(pick(&[]).as_deref(), Some("zn-ssd1"));
+        assert_eq!(pick(&["zn-hdd"]).as_deref(), Some("zn-hdd"));
+        assert_eq!(pick(&["zn-hdd", "zn-ssd2"]).as_deref(), Some("zn-ssd2"));
+        assert_eq!(
+            choose_cache_pool(&pools[..1], |_| false).unwrap().label,
+            "zn-hdd"
+        );
+        assert!(choose_cache_pool(&[], |_| true).is_none());
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let u = random_uuid().unwrap();
+        let s = uuid_string(&u);
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+    }
+}
