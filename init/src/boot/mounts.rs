@@ -77,6 +77,15 @@ pub const WRITABLE: &[Mount] = &[
         flags: NOSUID_NODEV,
         data: "mode=0755",
     },
+    // Mount points of the storage pools (/mnt/<pool>): the image is
+    // read-only, so the directories need a writable place to be made in.
+    Mount {
+        source: "mnt",
+        target: "/mnt",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV,
+        data: "mode=0755,size=1m",
+    },
 ];
 
 /// The rest of early boot, mounted once the final root is in place.

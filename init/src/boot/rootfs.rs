@@ -3,8 +3,9 @@
 //! The initramfs holds this binary, the few modules needed to mount the
 //! image, and `/system.img` (squashfs). The image is hashed with blake3 and
 //! must equal `zeronode.root_hash` from the command line, or the boot stops.
-//! It is then mounted read-only as the new root with tmpfs on /run, /var and
-//! /tmp and a tmpfs overlay on /etc, and PID 1 re-executes itself from it.
+//! It is then mounted read-only as the new root with tmpfs on /run, /var,
+//! /tmp and /mnt and a tmpfs overlay on /etc, and PID 1 re-executes itself
+//! from it.
 
 use std::fs::File;
 use std::io;

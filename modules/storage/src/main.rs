@@ -1,7 +1,6 @@
 //! The storage service: bring the disks up, print one line, serve D-Bus
 //! until SIGTERM.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -41,15 +40,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let started = Instant::now();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // The supervisor captures stderr into logs and the console: no colour codes there.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    zeronode_types::logging::init();
     match run(Args::parse(), started) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -91,9 +82,10 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         println!("storage: WARNING: {w}");
     }
     println!(
-        "storage: {} pool{} mounted, cache on {cache_on} in {ms} ms",
+        "storage: {} pool{} mounted, cache on {cache_on} in {ms} ms, at {} ms since boot",
         node.pools.len(),
-        if node.pools.len() == 1 { "" } else { "s" }
+        if node.pools.len() == 1 { "" } else { "s" },
+        zeronode_types::clock::since_boot_ms()
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
