@@ -1,4 +1,4 @@
-//! Helpers for the end-to-end tests in `tests/boot.rs`.
+//! Helpers for the end-to-end tests in `tests/e2e/`.
 
 use std::path::PathBuf;
 

@@ -1,39 +1,14 @@
-//! Boots the built image (scripts/build-image) in QEMU under TCG and checks
-//! what a person at the console would: it comes up, refuses a tampered
-//! system image, powers off and reboots cleanly.
+//! The boot paths, power handling and the console tool.
 
 use std::time::{Duration, Instant};
 
-use zeronode_e2e::image_dir;
-use zeronode_qemu::{Boot, Node, NodeOptions};
+use zeronode_qemu::Boot;
 
-type Check = Result<(), String>;
-type Case = (&'static str, fn() -> Check);
-
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-const PXE_TIMEOUT: Duration = Duration::from_secs(420);
-
-fn opts(boot: Boot) -> NodeOptions {
-    let mut o = NodeOptions::new(image_dir(), boot);
-    o.disks = 2;
-    o
-}
-
-fn start(o: &NodeOptions) -> Result<Node, String> {
-    Node::start(o).map_err(|e| e.to_string())
-}
-
-fn ensure(cond: bool, what: impl FnOnce() -> String) -> Check {
-    if cond {
-        Ok(())
-    } else {
-        Err(what())
-    }
-}
+use super::{ensure, opts, start, Check, BOOT_TIMEOUT, PXE_TIMEOUT};
 
 /// Ready line; a typo'd zeronode key is reported and ignored; every device
 /// gets its driver; the power button powers off with filesystems unmounted.
-fn direct_boot_ready_then_power_button() -> Check {
+pub fn direct_boot_ready_then_power_button() -> Check {
     let mut o = opts(Boot::Direct);
     o.append = Some("zeronode.debug zeronode.frobnicate=1".into());
     let mut node = start(&o)?;
@@ -90,7 +65,7 @@ fn direct_boot_ready_then_power_button() -> Check {
 }
 
 /// Ctrl-Alt-Del reboots: the node goes down cleanly and comes up again.
-fn ctrl_alt_del_reboots() -> Check {
+pub fn ctrl_alt_del_reboots() -> Check {
     let mut node = start(&opts(Boot::Direct))?;
     node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     node.ctrl_alt_del().map_err(|e| e.to_string())?;
@@ -104,7 +79,7 @@ fn ctrl_alt_del_reboots() -> Check {
 }
 
 /// A system image that does not match the pinned hash stops the boot.
-fn tampered_image_stops_the_boot() -> Check {
+pub fn tampered_image_stops_the_boot() -> Check {
     let mut o = opts(Boot::Direct);
     // The last zeronode.root_hash on the command line wins.
     o.append = Some(format!("zeronode.root_hash={}", "ab".repeat(32)));
@@ -123,7 +98,7 @@ fn tampered_image_stops_the_boot() -> Check {
     })
 }
 
-fn uefi_boot_from_usb_image() -> Check {
+pub fn uefi_boot_from_usb_image() -> Check {
     let mut node = start(&opts(Boot::Uefi))?;
     node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     node.powerdown().map_err(|e| e.to_string())?;
@@ -132,7 +107,7 @@ fn uefi_boot_from_usb_image() -> Check {
     Ok(())
 }
 
-fn pxe_boot() -> Check {
+pub fn pxe_boot() -> Check {
     let mut node = start(&opts(Boot::Pxe))?;
     node.wait_ready(PXE_TIMEOUT).map_err(|e| e.to_string())?;
     Ok(())
@@ -140,7 +115,7 @@ fn pxe_boot() -> Check {
 
 /// The console tool, run on the host against the node's control port,
 /// lists the image's services as running and powers the node off.
-fn console_tool_lists_services_and_powers_off() -> Check {
+pub fn console_tool_lists_services_and_powers_off() -> Check {
     let mut node = start(&opts(Boot::Direct))?;
     node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     let socket = node.control_socket();
@@ -206,49 +181,4 @@ fn znctl_path() -> std::path::PathBuf {
         .map(|p| p.to_path_buf())
         .unwrap_or_default();
     profile_dir.join("znctl")
-}
-
-fn main() {
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let cases: [Case; 6] = [
-        (
-            "direct_boot_ready_then_power_button",
-            direct_boot_ready_then_power_button,
-        ),
-        ("ctrl_alt_del_reboots", ctrl_alt_del_reboots),
-        (
-            "console_tool_lists_services_and_powers_off",
-            console_tool_lists_services_and_powers_off,
-        ),
-        (
-            "tampered_image_stops_the_boot",
-            tampered_image_stops_the_boot,
-        ),
-        ("uefi_boot_from_usb_image", uefi_boot_from_usb_image),
-        ("pxe_boot", pxe_boot),
-    ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, case) in cases {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        let t = Instant::now();
-        match case() {
-            Ok(()) => {
-                passed += 1;
-                println!("e2e {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                failed += 1;
-                println!(
-                    "e2e {name} ... FAILED ({:.1} s)\n{e}\n",
-                    t.elapsed().as_secs_f64()
-                );
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
 }

@@ -1,0 +1,92 @@
+//! Boots the built image (scripts/build-image) in QEMU under TCG and checks
+//! what a person at the console would. One file a concern: power.rs (boot
+//! paths, power, the console tool), storage.rs (disks, pools, node id).
+
+mod power;
+mod storage;
+
+use std::time::{Duration, Instant};
+
+pub use zeronode_e2e::image_dir;
+use zeronode_qemu::{Boot, Node, NodeOptions};
+
+use power::*;
+use storage::*;
+
+pub type Check = Result<(), String>;
+type Case = (&'static str, fn() -> Check);
+
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+pub const PXE_TIMEOUT: Duration = Duration::from_secs(420);
+
+pub fn opts(boot: Boot) -> NodeOptions {
+    let mut o = NodeOptions::new(image_dir(), boot);
+    o.disks = 2;
+    o
+}
+
+pub fn start(o: &NodeOptions) -> Result<Node, String> {
+    Node::start(o).map_err(|e| e.to_string())
+}
+
+pub fn ensure(cond: bool, what: impl FnOnce() -> String) -> Check {
+    if cond {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+fn main() {
+    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let cases: [Case; 9] = [
+        (
+            "direct_boot_ready_then_power_button",
+            direct_boot_ready_then_power_button,
+        ),
+        ("ctrl_alt_del_reboots", ctrl_alt_del_reboots),
+        (
+            "console_tool_lists_services_and_powers_off",
+            console_tool_lists_services_and_powers_off,
+        ),
+        (
+            "tampered_image_stops_the_boot",
+            tampered_image_stops_the_boot,
+        ),
+        ("uefi_boot_from_usb_image", uefi_boot_from_usb_image),
+        ("pxe_boot", pxe_boot),
+        (
+            "pools_and_node_id_survive_a_reboot",
+            pools_and_node_id_survive_a_reboot,
+        ),
+        (
+            "foreign_disk_is_left_untouched",
+            foreign_disk_is_left_untouched,
+        ),
+        ("bad_boot_input_is_reported", bad_boot_input_is_reported),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let t = Instant::now();
+        match case() {
+            Ok(()) => {
+                passed += 1;
+                println!("e2e {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "e2e {name} ... FAILED ({:.1} s)\n{e}\n",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
