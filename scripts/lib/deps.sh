@@ -4,9 +4,12 @@
 # Debian packages: the musl C toolchain (static binaries with C parts), protoc
 # (containerd-client), QEMU with OVMF and the iPXE ROMs, the UKI stub, and the
 # tools the image builder calls (mksquashfs, objcopy, depmod, sfdisk and cpio
-# for its tests).
+# for its tests); btrfs-progs (mkfs.btrfs ships in the image; the storage
+# tests make pools on loop devices), e2fsprogs and util-linux (the tests'
+# foreign ext4 disks, losetup, mount).
 ZN_APT_PACKAGES=(musl-tools protobuf-compiler qemu-system-x86 qemu-utils ovmf ipxe-qemu
-  systemd-boot-efi squashfs-tools binutils kmod fdisk cpio git python3 ca-certificates)
+  systemd-boot-efi squashfs-tools binutils kmod fdisk cpio git python3 ca-certificates
+  btrfs-progs e2fsprogs util-linux)
 
 zn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
