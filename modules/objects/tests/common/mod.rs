@@ -15,6 +15,7 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    appendonly: bool,
 }
 
 fn free_port() -> u16 {
@@ -27,11 +28,18 @@ fn free_port() -> u16 {
 
 impl Redis {
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// `appendonly`: keep an AOF so a restarted server has its data back;
+    /// the benchmark turns it off to measure the client, not the disk.
+    pub fn start_with(appendonly: bool) -> Self {
         for _ in 0..10 {
             let mut redis = Self {
                 child: None,
                 port: free_port(),
                 dir: tempfile::tempdir().unwrap(),
+                appendonly,
             };
             if redis.spawn() {
                 return redis;
@@ -48,7 +56,7 @@ impl Redis {
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--save", ""])
-            .args(["--appendonly", "yes"])
+            .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
             .args(["--protected-mode", "no"])
             .args(["--daemonize", "no"])
             .args(["--logfile", ""])
