@@ -134,7 +134,17 @@ fn end_to_end(rows: &mut Vec<(String, f64)>) {
     let size = megabytes << 20;
     let cluster: Vec<common::Redis> = (0..6).map(|_| common::Redis::start_with(false)).collect();
     let dir = tempfile::tempdir().unwrap();
-    let input = common::write_file(dir.path(), "in", &common::content(size, 5));
+    // Written in pieces so the process's peak memory reflects the library.
+    let input = dir.path().join("in");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&input).unwrap();
+        for piece in 0..megabytes {
+            file.write_all(&common::content(1 << 20, piece as u64))
+                .unwrap();
+        }
+    }
+    let before = peak_rss_mib();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -171,8 +181,32 @@ fn end_to_end(rows: &mut Vec<(String, f64)>) {
             format!("4+2 retrieve {megabytes} MiB, 2 backends down"),
             mbps(size, started.elapsed()),
         ));
-        assert!(std::fs::read(&output).unwrap() == std::fs::read(&input).unwrap());
+        assert_eq!(file_hash(&output), file_hash(&input));
     });
+    println!(
+        "peak RSS {} MiB before the end-to-end runs, {} MiB after ({megabytes} MiB object)",
+        before,
+        peak_rss_mib()
+    );
+}
+
+/// VmHWM: the most resident memory this process has had.
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+fn file_hash(path: &std::path::Path) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(std::fs::File::open(path).unwrap())
+        .unwrap();
+    hasher.finalize()
 }
 
 fn main() {

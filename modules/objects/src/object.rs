@@ -5,7 +5,7 @@
 //! k data + m parity shards, each shard on a different backend. At most two
 //! stripes are in memory at once: the one being coded and the one in flight.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -254,7 +254,7 @@ impl Objects {
     /// Stores the file at `path`; returns the new object's id.
     pub async fn store(&self, path: &Path, options: &StoreOptions) -> Result<StoreReport> {
         options.validate()?;
-        let coder = Coder::new(options.data_shards, options.parity_shards)?;
+        let coder = Arc::new(Coder::new(options.data_shards, options.parity_shards)?);
         let n = coder.total_shards();
         let mut file = tokio::fs::File::open(path)
             .await
@@ -264,7 +264,8 @@ impl Objects {
                 source,
             })?;
         let up = Self::reachable(&self.backends).await;
-        let placement: Vec<usize> = (0..self.backends.len()).filter(|i| up[*i]).collect();
+        let placement: Arc<Vec<usize>> =
+            Arc::new((0..self.backends.len()).filter(|i| up[*i]).collect());
         if placement.len() < n {
             return Err(Error::NotEnoughBackends {
                 needed: n,
@@ -305,8 +306,8 @@ impl Objects {
         path: &Path,
         file: &mut tokio::fs::File,
         options: &StoreOptions,
-        coder: &Coder,
-        placement: &[usize],
+        coder: &Arc<Coder>,
+        placement: &Arc<Vec<usize>>,
         id: ObjectId,
         object_nonce: [u8; OBJECT_NONCE_LEN],
         written_stripes: &mut u64,
@@ -314,70 +315,77 @@ impl Objects {
         let (k, m) = (coder.data_shards(), coder.parity_shards());
         let mut hasher = blake3::Hasher::new();
         let mut stripes = Vec::new();
-        let mut buffer = vec![0u8; options.stripe_size];
-        let mut in_flight: Option<JoinHandle<Result<u64>>> = None;
+        let mut queue: VecDeque<JoinHandle<Result<(StripeMeta, u64)>>> = VecDeque::new();
         let mut stored_bytes = 0u64;
         let mut size = 0u64;
-        loop {
-            let filled = read_full(file, &mut buffer)
-                .await
-                .map_err(|source| Error::Io {
-                    action: "read",
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            if filled == 0 && !stripes.is_empty() {
-                break;
+        let depth = pipeline_depth();
+        let result: Result<()> = async {
+            loop {
+                let mut buffer = vec![0u8; options.stripe_size];
+                let filled = read_full(file, &mut buffer)
+                    .await
+                    .map_err(|source| Error::Io {
+                        action: "read",
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                if filled == 0 && *written_stripes > 0 {
+                    break;
+                }
+                buffer.truncate(filled);
+                hasher.update(&buffer);
+                size += filled as u64;
+                let index = *written_stripes;
+                let coding = StripeCoding {
+                    key: self.key.clone(),
+                    coder: coder.clone(),
+                    placement: placement.clone(),
+                    id,
+                    object_nonce,
+                    index,
+                    zstd_level: options.zstd_level,
+                };
+                let backends = self.backends.clone();
+                // Coding runs on the blocking pool, so stripes are coded on
+                // several cores while earlier ones are being written.
+                queue.push_back(tokio::spawn(async move {
+                    let (meta, writes) = tokio::task::spawn_blocking(move || coding.code(&buffer))
+                        .await
+                        .map_err(|e| Error::Config(format!("internal task failed: {e}")))??;
+                    let writes = writes
+                        .into_iter()
+                        .map(|(b, key, value)| (backends[b].clone(), key, value))
+                        .collect();
+                    let written = write_values(writes).await?;
+                    Ok((meta, written))
+                }));
+                *written_stripes = index + 1;
+                if queue.len() >= depth {
+                    if let Some(oldest) = queue.pop_front() {
+                        let (meta, written) = join(oldest).await?;
+                        stripes.push(meta);
+                        stored_bytes += written;
+                    }
+                }
+                if filled < options.stripe_size {
+                    break;
+                }
             }
-            let index = stripes.len() as u64;
-            let plain = &buffer[..filled];
-            hasher.update(plain);
-            size += filled as u64;
-            let compressed =
-                zstd::bulk::compress(plain, options.zstd_level).map_err(|e| Error::Compress {
-                    stripe: index,
-                    reason: e.to_string(),
-                })?;
-            let sealed = self.key.seal_stripe(
-                &stripe_nonce(&object_nonce, index),
-                &stripe_aad(&id, index, filled as u64),
-                &compressed,
-            )?;
-            drop(compressed);
-            let shards = coder.encode(index, &sealed)?;
-            let mut writes = Vec::with_capacity(shards.len());
-            let mut shard_metas = Vec::with_capacity(shards.len());
-            for (shard_index, payload) in shards.iter().enumerate() {
-                let backend = placement[(index as usize + shard_index) % placement.len()];
-                let (value, hash) = frame_shard(&id, index, shard_index, k, m, payload);
-                shard_metas.push(ShardMeta {
-                    backend: backend as u32,
-                    hash,
-                });
-                writes.push((
-                    self.backends[backend].clone(),
-                    id.shard_key(index, shard_index),
-                    value,
-                ));
+            while let Some(oldest) = queue.pop_front() {
+                let (meta, written) = join(oldest).await?;
+                stripes.push(meta);
+                stored_bytes += written;
             }
-            stripes.push(StripeMeta {
-                plain_len: filled as u64,
-                sealed_len: sealed.len() as u64,
-                shard_len: coder.shard_len(sealed.len()) as u64,
-                shards: shard_metas,
-            });
-            // The previous stripe's writes ran while this one was coded.
-            if let Some(previous) = in_flight.take() {
-                stored_bytes += join(previous).await?;
-            }
-            *written_stripes = index + 1;
-            in_flight = Some(tokio::spawn(write_values(writes)));
-            if filled < buffer.len() {
-                break;
-            }
+            Ok(())
         }
-        if let Some(previous) = in_flight.take() {
-            stored_bytes += join(previous).await?;
+        .await;
+        if let Err(e) = result {
+            // No write may land after the caller's cleanup.
+            for task in queue.drain(..) {
+                task.abort();
+                let _ = task.await;
+            }
+            return Err(e);
         }
         let meta = ObjectMeta {
             version: 1,
@@ -526,7 +534,7 @@ impl Objects {
     /// renamed only once every byte has been verified.
     pub async fn retrieve(&self, id: &ObjectId, out: &Path) -> Result<RetrieveReport> {
         let (meta, _) = self.load_metadata(id).await?;
-        let coder = Coder::new(meta.k(), meta.n() - meta.k())?;
+        let coder = Arc::new(Coder::new(meta.k(), meta.n() - meta.k())?);
         let object_nonce = meta.object_nonce()?;
         let context = self.read_context(*id, meta);
         let meta = &context.meta;
@@ -535,47 +543,37 @@ impl Objects {
         let mut hasher = blake3::Hasher::new();
         let mut reconstructed_stripes = 0;
         let stripes = meta.stripes.len() as u64;
-        let mut next = Some(tokio::spawn(fetch_fastest(context.clone(), 0)));
-        for index in 0..stripes {
-            let Some(fetching) = next.take() else { break };
-            let mut shards = join(fetching).await?;
-            if index + 1 < stripes {
-                // The next stripe's reads run while this one is decoded.
-                next = Some(tokio::spawn(fetch_fastest(context.clone(), index + 1)));
+        let depth = pipeline_depth() as u64;
+        // Stripes are fetched and decoded ahead, in order, at most `depth` at once;
+        // dropping the queue (on error) cancels the decoding still queued.
+        let mut queue = AbortQueue::default();
+        let spawn = |index: u64| {
+            let context = context.clone();
+            let decoding = StripeDecoding {
+                key: self.key.clone(),
+                coder: coder.clone(),
+                object_nonce,
+                index,
+            };
+            tokio::spawn(async move {
+                let shards = fetch_fastest(context.clone(), index).await?;
+                tokio::task::spawn_blocking(move || decoding.decode(&context, shards))
+                    .await
+                    .map_err(|e| Error::Config(format!("internal task failed: {e}")))?
+            })
+        };
+        let mut next = 0;
+        while next < stripes && next < depth {
+            queue.0.push_back(spawn(next));
+            next += 1;
+        }
+        while let Some(oldest) = queue.0.pop_front() {
+            let (plain, reconstructed) = join(oldest).await?;
+            if next < stripes {
+                queue.0.push_back(spawn(next));
+                next += 1;
             }
-            let stripe = &meta.stripes[index as usize];
-            if shards[..coder.data_shards()].iter().any(|s| s.is_none()) {
-                reconstructed_stripes += 1;
-                coder.reconstruct_data(index, &mut shards)?;
-            }
-            let sealed = coder.join(index, &shards, stripe.sealed_len as usize)?;
-            drop(shards);
-            let compressed = self
-                .key
-                .open_stripe(
-                    &stripe_nonce(&object_nonce, index),
-                    &stripe_aad(id, index, stripe.plain_len),
-                    &sealed,
-                )
-                .ok_or_else(|| Error::StripeAuthentication {
-                    object: id.to_string(),
-                    stripe: index,
-                })?;
-            let plain =
-                zstd::bulk::decompress(&compressed, stripe.plain_len as usize).map_err(|e| {
-                    Error::Decompress {
-                        object: id.to_string(),
-                        stripe: index,
-                        reason: e.to_string(),
-                    }
-                })?;
-            if plain.len() as u64 != stripe.plain_len {
-                return Err(Error::Decompress {
-                    object: id.to_string(),
-                    stripe: index,
-                    reason: format!("{} bytes, expected {}", plain.len(), stripe.plain_len),
-                });
-            }
+            reconstructed_stripes += usize::from(reconstructed);
             hasher.update(&plain);
             writer
                 .write_all(&plain)
@@ -793,6 +791,139 @@ impl Objects {
     }
 }
 
+/// Stripes in flight at once: enough to keep every core coding while
+/// earlier stripes are on the wire; each costs about three stripe sizes.
+fn pipeline_depth() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get() + 1)
+        .clamp(2, 8)
+}
+
+/// Everything needed to code one stripe away from the async tasks.
+struct StripeCoding {
+    key: OwnerKey,
+    coder: Arc<Coder>,
+    placement: Arc<Vec<usize>>,
+    id: ObjectId,
+    object_nonce: [u8; OBJECT_NONCE_LEN],
+    index: u64,
+    zstd_level: i32,
+}
+
+/// (backend index, key, value) of one write.
+type Write = (usize, Vec<u8>, Vec<u8>);
+
+impl StripeCoding {
+    /// Compresses, seals and codes the stripe; returns its metadata and the
+    /// framed shards with the backend each goes to.
+    fn code(&self, plain: &[u8]) -> Result<(StripeMeta, Vec<Write>)> {
+        let (id, index) = (&self.id, self.index);
+        let compressed =
+            zstd::bulk::compress(plain, self.zstd_level).map_err(|e| Error::Compress {
+                stripe: index,
+                reason: e.to_string(),
+            })?;
+        let sealed = self.key.seal_stripe(
+            &stripe_nonce(&self.object_nonce, index),
+            &stripe_aad(id, index, plain.len() as u64),
+            &compressed,
+        )?;
+        drop(compressed);
+        let shards = self.coder.encode(index, &sealed)?;
+        let (k, m) = (self.coder.data_shards(), self.coder.parity_shards());
+        let mut writes = Vec::with_capacity(shards.len());
+        let mut shard_metas = Vec::with_capacity(shards.len());
+        for (shard_index, payload) in shards.iter().enumerate() {
+            let backend = self.placement[(index as usize + shard_index) % self.placement.len()];
+            let (value, hash) = frame_shard(id, index, shard_index, k, m, payload);
+            shard_metas.push(ShardMeta {
+                backend: backend as u32,
+                hash,
+            });
+            writes.push((backend, id.shard_key(index, shard_index), value));
+        }
+        let meta = StripeMeta {
+            plain_len: plain.len() as u64,
+            sealed_len: sealed.len() as u64,
+            shard_len: self.coder.shard_len(sealed.len()) as u64,
+            shards: shard_metas,
+        };
+        Ok((meta, writes))
+    }
+}
+
+/// Everything needed to decode one stripe away from the async tasks.
+struct StripeDecoding {
+    key: OwnerKey,
+    coder: Arc<Coder>,
+    object_nonce: [u8; OBJECT_NONCE_LEN],
+    index: u64,
+}
+
+impl StripeDecoding {
+    /// From k verified shards to the plaintext, checking the AEAD tag and the
+    /// length; true when parity was needed.
+    fn decode(
+        &self,
+        context: &ReadContext,
+        mut shards: Vec<Option<Vec<u8>>>,
+    ) -> Result<(Vec<u8>, bool)> {
+        let (index, coder) = (self.index, &self.coder);
+        let object = || context.id.to_string();
+        let stripe = &context.meta.stripes[index as usize];
+        let reconstructed = shards[..coder.data_shards()].iter().any(|s| s.is_none());
+        if reconstructed {
+            coder.reconstruct_data(index, &mut shards)?;
+        }
+        let sealed = coder.join(index, &shards, stripe.sealed_len as usize)?;
+        drop(shards);
+        let compressed = self
+            .key
+            .open_stripe(
+                &stripe_nonce(&self.object_nonce, index),
+                &stripe_aad(&context.id, index, stripe.plain_len),
+                &sealed,
+            )
+            .ok_or_else(|| Error::StripeAuthentication {
+                object: object(),
+                stripe: index,
+            })?;
+        let plain =
+            zstd::bulk::decompress(&compressed, stripe.plain_len as usize).map_err(|e| {
+                Error::Decompress {
+                    object: object(),
+                    stripe: index,
+                    reason: e.to_string(),
+                }
+            })?;
+        if plain.len() as u64 != stripe.plain_len {
+            return Err(Error::Decompress {
+                object: object(),
+                stripe: index,
+                reason: format!("{} bytes, expected {}", plain.len(), stripe.plain_len),
+            });
+        }
+        Ok((plain, reconstructed))
+    }
+}
+
+/// Tasks that are aborted when the queue is dropped.
+struct AbortQueue<T>(VecDeque<JoinHandle<T>>);
+
+impl<T> Default for AbortQueue<T> {
+    fn default() -> Self {
+        Self(VecDeque::new())
+    }
+}
+
+impl<T> Drop for AbortQueue<T> {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Fills `buffer` unless the file ends first; returns how much was read.
 async fn read_full(file: &mut tokio::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
@@ -813,23 +944,25 @@ async fn join<T>(handle: JoinHandle<Result<T>>) -> Result<T> {
 }
 
 /// Writes all values at once; fails if any write fails. Returns bytes written.
+/// The writes live in a JoinSet so that cancelling the caller cancels them.
 async fn write_values(writes: Vec<(Arc<Backend>, Vec<u8>, Vec<u8>)>) -> Result<u64> {
-    let tasks: Vec<JoinHandle<Result<u64>>> = writes
-        .into_iter()
-        .map(|(backend, key, value)| {
-            tokio::spawn(async move {
-                backend.set(&key, &value).await?;
-                Ok(value.len() as u64)
-            })
-        })
-        .collect();
+    let mut set = tokio::task::JoinSet::new();
+    for (backend, key, value) in writes {
+        set.spawn(async move {
+            backend.set(&key, &value).await?;
+            Ok::<u64, Error>(value.len() as u64)
+        });
+    }
     let mut total = 0;
     let mut first_error = None;
-    for task in tasks {
-        match join(task).await {
-            Ok(n) => total += n,
-            Err(e) => {
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(Ok(n)) => total += n,
+            Ok(Err(e)) => {
                 first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(Error::Config(format!("internal task failed: {e}")));
             }
         }
     }
@@ -887,7 +1020,12 @@ async fn fetch_fastest(context: Arc<ReadContext>, stripe: u64) -> Result<Vec<Opt
                 good += 1;
             }
             Err(fault) => {
-                tracing::warn!(object = %context.id, stripe, shard = index, %fault, "shard not usable");
+                // A dead backend fails every stripe: only bad data is worth a warning each time.
+                if matches!(fault, ShardFault::Unreachable(_)) {
+                    tracing::debug!(object = %context.id, stripe, shard = index, %fault, "shard not reachable");
+                } else {
+                    tracing::warn!(object = %context.id, stripe, shard = index, %fault, "shard not usable");
+                }
                 faults.push(format!("shard {index}: {fault}"));
             }
         }

@@ -31,7 +31,10 @@ async fn store_samples(
     {
         let data = content(len, n as u64 + 7);
         let path = write_file(dir, &format!("in-{n}"), &data);
-        let report = objects.store(&path, opts).await.unwrap();
+        let report = objects
+            .store(&path, opts)
+            .await
+            .unwrap_or_else(|e| panic!("store of {len} bytes failed: {e}"));
         assert_eq!(report.size, len as u64);
         stored.push((report.id, data));
     }

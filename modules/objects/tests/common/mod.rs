@@ -71,7 +71,8 @@ impl Redis {
                 self.child = None;
                 return false;
             }
-            if ping(self.port) {
+            let pid = self.child.as_ref().map_or(0, |c| c.id());
+            if serves(self.port, pid) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -137,17 +138,34 @@ impl Drop for Redis {
     }
 }
 
-fn ping(port: u16) -> bool {
+/// True when the server on `port` answers and is our process `pid`: another
+/// test's server may have won the race for a port we picked.
+fn serves(port: u16, pid: u32) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
+    if stream.write_all(b"INFO server\r\n").is_err() {
         return false;
     }
-    let mut buf = [0u8; 7];
-    stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    let want = format!("process_id:{pid}\r\n");
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if text.contains(&want) {
+            return true;
+        }
+        if text.contains("process_id:") && text.contains("\r\nrun_id:") {
+            return false;
+        }
+    }
+    false
 }
 
 pub fn cluster(n: usize) -> Vec<Redis> {
