@@ -53,10 +53,16 @@ enum Command {
     },
     /// Retrieve an object into a file (written only after full verification).
     Retrieve { id: String, output: PathBuf },
-    /// Report the health of an object: every shard and metadata copy.
-    Check { id: String },
+    /// Report the health of objects: every shard and metadata copy.
+    Check {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Regenerate missing or corrupt shards and refresh every metadata copy.
-    Rebuild { id: String },
+    Rebuild {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -178,83 +184,118 @@ async fn command(
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { id } => {
-            let id = ObjectId::parse(&id)?;
-            let health = objects.check(&id).await?;
-            println!(
-                "object {} generation {} coding {}+{} size {}",
-                health.id, health.generation, health.data_shards, health.parity_shards, health.size
-            );
-            for (location, state) in &health.metadata {
-                println!("metadata {location}: {state}");
-            }
-            for (stripe, placement) in health.stripes.iter().zip(&health.placement) {
-                let missing = stripe
-                    .faults
-                    .iter()
-                    .filter(|f| matches!(f, Some(zeronode_objects::meta::ShardFault::Missing)))
-                    .count();
-                let corrupt = stripe
-                    .faults
-                    .iter()
-                    .filter(|f| matches!(f, Some(zeronode_objects::meta::ShardFault::Corrupt(_))))
-                    .count();
-                let unreachable = stripe.faults.len() - stripe.good() - missing - corrupt;
-                println!(
-                    "stripe {}: {} good, {} missing, {} corrupt, {} unreachable",
-                    stripe.index,
-                    stripe.good(),
-                    missing,
-                    corrupt,
-                    unreachable
-                );
-                for (shard, fault) in stripe.faults.iter().enumerate() {
-                    if let Some(fault) = fault {
-                        let backend = &health.backends[placement[shard] as usize];
-                        println!("  shard {shard} on {backend}: {fault}");
+        Command::Check { ids } => {
+            // Every object is checked; the exit code is the worst found:
+            // lost (4) over error (1) over degraded (3) over healthy (0).
+            let rank = |code: u8| [0u8, 3, 1, 4].iter().position(|c| *c == code);
+            let mut worst = 0u8;
+            for id in ids {
+                let code = match check_one(&objects, &id).await {
+                    Ok(code) => code,
+                    Err(e) => {
+                        eprintln!("zn-objects: check {id}: {e:#}");
+                        1
                     }
+                };
+                if rank(code) > rank(worst) {
+                    worst = code;
                 }
             }
-            let status = health.status();
-            println!(
-                "status: {} (fewest good shards in a stripe: {} of {}, {} needed)",
-                match status {
-                    Status::Healthy => "healthy",
-                    Status::Degraded => "degraded",
-                    Status::Lost => "lost",
-                },
-                health.min_good(),
-                health.data_shards + health.parity_shards,
-                health.data_shards
-            );
-            Ok(match status {
-                Status::Healthy => ExitCode::SUCCESS,
-                Status::Degraded => ExitCode::from(3),
-                Status::Lost => ExitCode::from(4),
-            })
+            Ok(ExitCode::from(worst))
         }
-        Command::Rebuild { id } => {
-            let id = ObjectId::parse(&id)?;
-            let report = objects.rebuild(&id).await?;
-            println!(
-                "rebuilt: {} shards rewritten in place, {} moved to spare backends, {} metadata copies written, generation {}",
-                report.rewritten, report.moved, report.metadata_copies, report.generation
-            );
-            for problem in &report.unrepaired {
-                println!("not repaired: {problem}");
+        Command::Rebuild { ids } => {
+            let mut failed = 0;
+            for id in &ids {
+                if let Err(e) = rebuild_one(&objects, id).await {
+                    eprintln!("zn-objects: rebuild {id}: {e:#}");
+                    failed += 1;
+                }
             }
-            if !report.lost_stripes.is_empty() {
-                bail!(
-                    "stripes {:?} have fewer than k good shards and cannot be rebuilt",
-                    report.lost_stripes
-                );
-            }
-            if !report.unrepaired.is_empty() {
-                bail!("{} items could not be repaired", report.unrepaired.len());
+            if failed > 0 {
+                bail!("{failed} of {} objects not fully rebuilt", ids.len());
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints one object's health; returns its exit code (0, 3 or 4).
+async fn check_one(objects: &Objects, id: &str) -> anyhow::Result<u8> {
+    let id = ObjectId::parse(id)?;
+    let health = objects.check(&id).await?;
+    println!(
+        "object {} generation {} coding {}+{} size {}",
+        health.id, health.generation, health.data_shards, health.parity_shards, health.size
+    );
+    for (location, state) in &health.metadata {
+        println!("metadata {location}: {state}");
+    }
+    for (stripe, placement) in health.stripes.iter().zip(&health.placement) {
+        let missing = stripe
+            .faults
+            .iter()
+            .filter(|f| matches!(f, Some(zeronode_objects::meta::ShardFault::Missing)))
+            .count();
+        let corrupt = stripe
+            .faults
+            .iter()
+            .filter(|f| matches!(f, Some(zeronode_objects::meta::ShardFault::Corrupt(_))))
+            .count();
+        let unreachable = stripe.faults.len() - stripe.good() - missing - corrupt;
+        println!(
+            "stripe {}: {} good, {} missing, {} corrupt, {} unreachable",
+            stripe.index,
+            stripe.good(),
+            missing,
+            corrupt,
+            unreachable
+        );
+        for (shard, fault) in stripe.faults.iter().enumerate() {
+            if let Some(fault) = fault {
+                let backend = &health.backends[placement[shard] as usize];
+                println!("  shard {shard} on {backend}: {fault}");
+            }
+        }
+    }
+    let status = health.status();
+    println!(
+        "status: {} (fewest good shards in a stripe: {} of {}, {} needed)",
+        match status {
+            Status::Healthy => "healthy",
+            Status::Degraded => "degraded",
+            Status::Lost => "lost",
+        },
+        health.min_good(),
+        health.data_shards + health.parity_shards,
+        health.data_shards
+    );
+    Ok(match status {
+        Status::Healthy => 0,
+        Status::Degraded => 3,
+        Status::Lost => 4,
+    })
+}
+
+async fn rebuild_one(objects: &Objects, id: &str) -> anyhow::Result<()> {
+    let id = ObjectId::parse(id)?;
+    let report = objects.rebuild(&id).await?;
+    println!(
+                "rebuilt: {} shards rewritten in place, {} moved to spare backends, {} metadata copies written, generation {}",
+                report.rewritten, report.moved, report.metadata_copies, report.generation
+            );
+    for problem in &report.unrepaired {
+        println!("not repaired: {problem}");
+    }
+    if !report.lost_stripes.is_empty() {
+        bail!(
+            "stripes {:?} have fewer than k good shards and cannot be rebuilt",
+            report.lost_stripes
+        );
+    }
+    if !report.unrepaired.is_empty() {
+        bail!("{} items could not be repaired", report.unrepaired.len());
+    }
+    Ok(())
 }
 
 fn unreachable_keygen() -> anyhow::Result<ExitCode> {

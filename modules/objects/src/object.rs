@@ -972,8 +972,14 @@ async fn write_values(writes: Vec<(Arc<Backend>, Vec<u8>, Vec<u8>)>) -> Result<u
     }
 }
 
-/// Reads one shard and checks it against the metadata.
-async fn read_shard(context: Arc<ReadContext>, stripe: u64, index: usize) -> ShardResult {
+/// Reads one shard and checks it against the metadata; skips the check when
+/// nobody waits for the answer any more (k others already verified).
+async fn read_shard(
+    context: Arc<ReadContext>,
+    stripe: u64,
+    index: usize,
+    sender: &mpsc::Sender<(usize, ShardResult)>,
+) -> ShardResult {
     let backend_index = context.meta.stripes[stripe as usize].shards[index].backend as usize;
     let Some(backend) = context.backends[backend_index].clone() else {
         return Err(ShardFault::Unreachable(format!(
@@ -984,6 +990,7 @@ async fn read_shard(context: Arc<ReadContext>, stripe: u64, index: usize) -> Sha
     match backend.get(&context.id.shard_key(stripe, index)).await {
         Err(e) => Err(ShardFault::Unreachable(e.to_string())),
         Ok(None) => Err(ShardFault::Missing),
+        Ok(Some(_)) if sender.is_closed() => Err(ShardFault::Missing),
         Ok(Some(value)) => verify_shard(value, &context.id, stripe, index, &context.meta),
     }
 }
@@ -995,7 +1002,7 @@ fn spawn_reads(context: &Arc<ReadContext>, stripe: u64) -> mpsc::Receiver<(usize
         let sender = sender.clone();
         let context = context.clone();
         tokio::spawn(async move {
-            let result = read_shard(context, stripe, index).await;
+            let result = read_shard(context, stripe, index, &sender).await;
             let _ = sender.send((index, result)).await;
         });
     }

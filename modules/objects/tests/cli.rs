@@ -106,6 +106,17 @@ fn store_check_retrieve_rebuild_from_the_command_line() {
     );
     let out = zn(&["--config", config_arg, "check", &id]);
     assert!(out.status.success(), "{}", text(&out.stdout));
+    // Several objects at once: an unknown one is an error (exit 1), the
+    // known one is still reported.
+    let unknown = "00".repeat(16);
+    let out = zn(&["--config", config_arg, "check", &id, &unknown]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("status: healthy"));
+    assert!(
+        text(&out.stderr).contains("no usable metadata copy"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Wrong key: a clear error, exit 1, no output file.
     let other = dir.path().join("other.key");
