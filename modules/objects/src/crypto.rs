@@ -63,6 +63,12 @@ impl OwnerKey {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "key file is readable by others: chmod 600 it");
+            }
+        }
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             action: "read key file",
             path: path.to_path_buf(),

@@ -987,6 +987,10 @@ async fn read_shard(
             context.meta.backends[backend_index]
         )));
     };
+    if sender.is_closed() {
+        // The stripe was decoded while this read waited its turn.
+        return Err(ShardFault::Missing);
+    }
     match backend.get(&context.id.shard_key(stripe, index)).await {
         Err(e) => Err(ShardFault::Unreachable(e.to_string())),
         Ok(None) => Err(ShardFault::Missing),

@@ -401,3 +401,45 @@ async fn store_refuses_without_enough_backends_and_bad_options() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_fails_half_way_leaves_nothing_behind() {
+    let cluster = cluster(6);
+    let dir = tempfile::tempdir().unwrap();
+    let objects = objects(&cluster, 9);
+    // One backend fills up after a few stripes: redis then refuses SET (OOM).
+    let full = &objects.backends()[3];
+    let used = match full.command(&[b"INFO", b"memory"]).await.unwrap() {
+        zeronode_objects::resp::Reply::Bulk(Some(info)) => String::from_utf8(info)
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("used_memory:")
+                    .map(|v| v.trim().parse::<u64>().unwrap())
+            })
+            .unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let limit = (used + (2 << 20)).to_string();
+    full.command(&[b"CONFIG", b"SET", b"maxmemory", limit.as_bytes()])
+        .await
+        .unwrap();
+    full.command(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"])
+        .await
+        .unwrap();
+    let data = content(24 << 20, 5);
+    let path = write_file(dir.path(), "in", &data);
+    let err = objects
+        .store(&path, &options(4, 2, 1 << 20))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("SET refused"), "{err}");
+    for (b, backend) in objects.backends().iter().enumerate() {
+        let keys = backend.command(&[b"DBSIZE"]).await.unwrap();
+        assert_eq!(
+            keys,
+            zeronode_objects::resp::Reply::Integer(0),
+            "backend {b}"
+        );
+    }
+}
