@@ -144,6 +144,28 @@ async fn ten_plus_four_survives_sampled_losses_of_four_backends() {
             cluster[b].restart();
         }
     }
+    // Four nodes lose their disks; rebuild; then four others stop.
+    for b in [0, 5, 9, 13] {
+        objects.backends()[b].command(&[b"FLUSHALL"]).await.unwrap();
+    }
+    for (id, _) in &stored {
+        let report = objects.rebuild(id).await.unwrap();
+        assert!(
+            report.rewritten > 0 && report.unrepaired.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(objects.check(id).await.unwrap().status(), Status::Healthy);
+    }
+    for b in [1, 2, 7, 12] {
+        cluster[b].stop();
+    }
+    assert_all_back(
+        &objects,
+        dir.path(),
+        &stored,
+        "10+4 rebuilt, then 4 stopped",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
