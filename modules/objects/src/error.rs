@@ -68,6 +68,10 @@ pub enum Error {
     },
     #[error("configuration: {0}")]
     Config(String),
+    #[error("object {object} not found on any of the {backends} backends")]
+    NotFound { object: String, backends: usize },
+    #[error("internal task failed: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -351,7 +351,7 @@ impl Objects {
                 queue.push_back(tokio::spawn(async move {
                     let (meta, writes) = tokio::task::spawn_blocking(move || coding.code(&buffer))
                         .await
-                        .map_err(|e| Error::Config(format!("internal task failed: {e}")))??;
+                        .map_err(|e| Error::Internal(e.to_string()))??;
                     let writes = writes
                         .into_iter()
                         .map(|(b, key, value)| (backends[b].clone(), key, value))
@@ -482,6 +482,12 @@ impl Objects {
             .max_by_key(|m| m.generation)
             .cloned();
         let Some(meta) = newest else {
+            if opened.iter().all(|o| matches!(o, Err(CopyState::Missing))) {
+                return Err(Error::NotFound {
+                    object: id.to_string(),
+                    backends: self.backends.len(),
+                });
+            }
             if found > 0 && auth_failures == found {
                 return Err(Error::WrongKey {
                     object: id.to_string(),
@@ -559,7 +565,7 @@ impl Objects {
                 let shards = fetch_fastest(context.clone(), index).await?;
                 tokio::task::spawn_blocking(move || decoding.decode(&context, shards))
                     .await
-                    .map_err(|e| Error::Config(format!("internal task failed: {e}")))?
+                    .map_err(|e| Error::Internal(e.to_string()))?
             })
         };
         let mut next = 0;
@@ -938,9 +944,7 @@ async fn read_full(file: &mut tokio::fs::File, buffer: &mut [u8]) -> std::io::Re
 }
 
 async fn join<T>(handle: JoinHandle<Result<T>>) -> Result<T> {
-    handle
-        .await
-        .map_err(|e| Error::Config(format!("internal task failed: {e}")))?
+    handle.await.map_err(|e| Error::Internal(e.to_string()))?
 }
 
 /// Writes all values at once; fails if any write fails. Returns bytes written.
@@ -962,7 +966,7 @@ async fn write_values(writes: Vec<(Arc<Backend>, Vec<u8>, Vec<u8>)>) -> Result<u
                 first_error.get_or_insert(e);
             }
             Err(e) => {
-                first_error.get_or_insert(Error::Config(format!("internal task failed: {e}")));
+                first_error.get_or_insert(Error::Internal(e.to_string()));
             }
         }
     }

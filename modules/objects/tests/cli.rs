@@ -113,7 +113,7 @@ fn store_check_retrieve_rebuild_from_the_command_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("status: healthy"));
     assert!(
-        text(&out.stderr).contains("no usable metadata copy"),
+        text(&out.stderr).contains("not found on any of the 6 backends"),
         "{}",
         text(&out.stderr)
     );

@@ -362,7 +362,7 @@ async fn wrong_key_and_tampered_metadata_give_clear_errors_and_no_file() {
         .retrieve(&ObjectId([0; 16]), &out)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::MetadataUnavailable { .. }), "{err}");
+    assert!(matches!(err, Error::NotFound { backends: 6, .. }), "{err}");
     assert_eq!(names(dir.path()), vec!["in"]);
 }
 
@@ -464,4 +464,32 @@ async fn a_store_that_fails_half_way_leaves_nothing_behind() {
             "backend {b}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_down_at_store_time_gets_its_metadata_copy_on_rebuild() {
+    let mut cluster = cluster(7);
+    let dir = tempfile::tempdir().unwrap();
+    let objects = objects(&cluster, 10);
+    cluster[6].stop();
+    let data = content(300_000, 8);
+    let path = write_file(dir.path(), "in", &data);
+    let id = objects
+        .store(&path, &options(4, 2, 64 << 10))
+        .await
+        .unwrap()
+        .id;
+    cluster[6].restart();
+    let health = objects.check(&id).await.unwrap();
+    assert_eq!(health.metadata[6].1, CopyState::Missing);
+    assert!(health.stripes.iter().all(|s| s.good() == 6));
+    assert_eq!(health.status(), Status::Degraded);
+    let report = objects.rebuild(&id).await.unwrap();
+    assert_eq!(
+        (report.rewritten, report.moved, report.metadata_copies),
+        (0, 0, 7)
+    );
+    let health = objects.check(&id).await.unwrap();
+    assert_eq!(health.status(), Status::Healthy, "{:?}", health.metadata);
+    assert_eq!(health.generation, 2);
 }
