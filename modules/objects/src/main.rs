@@ -113,7 +113,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(command(objects, &config, cli.command))
+    runtime.block_on(async {
+        // On Ctrl-C or SIGTERM the command is dropped, which removes a
+        // half-written output file; the exit code says it was interrupted.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("install the SIGTERM handler")?;
+        tokio::select! {
+            result = command(objects, &config, cli.command) => result,
+            _ = tokio::signal::ctrl_c() => interrupted("SIGINT"),
+            _ = terminate.recv() => interrupted("SIGTERM"),
+        }
+    })
+}
+
+fn interrupted(signal: &str) -> anyhow::Result<ExitCode> {
+    eprintln!("zn-objects: interrupted by {signal}; no output was written (an interrupted store may leave unreferenced shards)");
+    Ok(ExitCode::from(130))
 }
 
 fn keygen(path: &PathBuf) -> anyhow::Result<ExitCode> {

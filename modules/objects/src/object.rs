@@ -443,6 +443,7 @@ impl Objects {
     /// Reads every metadata copy at once and returns the newest that opens
     /// and validates, with the state of each configured backend's copy.
     pub async fn load_metadata(&self, id: &ObjectId) -> Result<(ObjectMeta, Vec<CopyState>)> {
+        tracing::debug!(object = %id, backends = self.backends.len(), "reading metadata copies");
         let reads: Vec<_> = self
             .backends
             .iter()

@@ -159,3 +159,54 @@ fn store_check_retrieve_rebuild_from_the_command_line() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn sigterm_ends_a_hanging_retrieve_cleanly() {
+    let cluster = cluster(3);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    std::fs::write(&key, "22".repeat(32)).unwrap();
+    for redis in &cluster {
+        redis.freeze(true);
+    }
+    let output = dir.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zn-objects"))
+        .env("RUST_LOG", "zeronode_objects=debug")
+        .env("NO_COLOR", "1")
+        .args(["--timeout", "60", "--key", key.to_str().unwrap()])
+        .args(
+            cluster
+                .iter()
+                .flat_map(|r| ["--backend".to_string(), r.address()]),
+        )
+        .args(["retrieve", &"ab".repeat(16), output.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signal only once it is inside the command (handlers are installed by then).
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "zn-objects ended early: {seen}");
+        seen.push_str(&line);
+        if line.contains("reading metadata copies") {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("interrupted by SIGTERM"), "{rest}");
+    assert_eq!(names(dir.path()), vec!["k"]);
+    for redis in &cluster {
+        redis.freeze(false);
+    }
+}
