@@ -127,6 +127,10 @@ pub struct Backend {
     config: BackendConfig,
     timeout: Duration,
     connection: Mutex<Option<BufStream<TcpStream>>>,
+    /// Set when a request timed out: until then requests fail at once, so a
+    /// hung server (it accepts but never answers) costs one timeout per
+    /// period rather than one per shard.
+    hung_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl fmt::Debug for Backend {
@@ -141,6 +145,7 @@ impl Backend {
             config,
             timeout,
             connection: Mutex::new(None),
+            hung_until: std::sync::Mutex::new(None),
         }
     }
 
@@ -195,6 +200,16 @@ impl Backend {
 
     /// Sends one command and reads its reply, within the backend's timeout.
     async fn request(&self, operation: &'static str, args: &[&[u8]]) -> Result<Reply> {
+        let timed_out = || Error::Timeout {
+            backend: self.config.to_string(),
+            operation,
+            seconds: self.timeout.as_secs_f64(),
+        };
+        if let Ok(hung) = self.hung_until.lock() {
+            if hung.is_some_and(|until| tokio::time::Instant::now() < until) {
+                return Err(timed_out());
+            }
+        }
         let work = async {
             let mut slot = self.connection.lock().await;
             // Taken out for the duration: if this future is dropped half way, the
@@ -214,11 +229,13 @@ impl Backend {
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                backend: self.config.to_string(),
-                operation,
-                seconds: self.timeout.as_secs_f64(),
-            }),
+            Err(_) => {
+                if let Ok(mut hung) = self.hung_until.lock() {
+                    *hung = Some(tokio::time::Instant::now() + self.timeout);
+                }
+                tracing::debug!(backend = %self.config, operation, "timed out; skipped for one timeout period");
+                Err(timed_out())
+            }
         }
     }
 

@@ -23,6 +23,9 @@ use crate::meta::{
     StripeMeta, CIPHER, COMPRESSION, MAX_STRIPE_SIZE, MAX_VALUE_SIZE, SHARD_HEADER_LEN,
 };
 
+/// How long retrieve waits for the other metadata copies once one is good.
+const METADATA_GRACE: Duration = Duration::from_millis(500);
+
 /// How a new object is coded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -443,25 +446,49 @@ impl Objects {
     /// Reads every metadata copy at once and returns the newest that opens
     /// and validates, with the state of each configured backend's copy.
     pub async fn load_metadata(&self, id: &ObjectId) -> Result<(ObjectMeta, Vec<CopyState>)> {
+        self.load_metadata_within(id, None).await
+    }
+
+    /// Like `load_metadata`, but once a good copy is in, waits at most `grace`
+    /// for the others. Used by retrieve only: shard contents and keys never
+    /// change between generations (rebuild only moves shards), so an older
+    /// copy still reads the object correctly, and a hung backend then costs
+    /// the grace period instead of the full timeout. Check and rebuild wait
+    /// for every copy, as they must see the newest.
+    async fn load_metadata_within(
+        &self,
+        id: &ObjectId,
+        grace: Option<Duration>,
+    ) -> Result<(ObjectMeta, Vec<CopyState>)> {
         tracing::debug!(object = %id, backends = self.backends.len(), "reading metadata copies");
-        let reads: Vec<_> = self
-            .backends
-            .iter()
-            .map(|b| {
-                let b = b.clone();
-                let key = id.metadata_key();
-                tokio::spawn(async move { b.get(&key).await })
-            })
-            .collect();
-        let mut opened: Vec<std::result::Result<ObjectMeta, CopyState>> = Vec::new();
+        let (sender, mut receiver) = mpsc::channel(self.backends.len());
+        for (index, backend) in self.backends.iter().enumerate() {
+            let backend = backend.clone();
+            let key = id.metadata_key();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let _ = sender.send((index, backend.get(&key).await)).await;
+            });
+        }
+        drop(sender);
+        let mut answers: Vec<Option<std::result::Result<ObjectMeta, CopyState>>> =
+            vec![None; self.backends.len()];
         let mut auth_failures = 0;
         let mut found = 0;
-        for (read, backend) in reads.into_iter().zip(&self.backends) {
-            let state = match read.await {
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match deadline {
+                None => receiver.recv().await,
+                Some(at) => match tokio::time::timeout_at(at, receiver.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some((index, read)) = next else { break };
+            let state = match read {
                 Err(e) => Err(CopyState::Unreachable(e.to_string())),
-                Ok(Err(e)) => Err(CopyState::Unreachable(e.to_string())),
-                Ok(Ok(None)) => Err(CopyState::Missing),
-                Ok(Ok(Some(envelope))) => {
+                Ok(None) => Err(CopyState::Missing),
+                Ok(Some(envelope)) => {
                     found += 1;
                     match ObjectMeta::open(&self.key, id, &envelope) {
                         Ok(meta) => Ok(meta),
@@ -469,14 +496,27 @@ impl Objects {
                             if matches!(e, Error::MetadataAuthentication) {
                                 auth_failures += 1;
                             }
-                            tracing::warn!(object = %id, backend = %backend.config(), error = %e, "metadata copy refused");
+                            tracing::warn!(object = %id, backend = %self.backends[index].config(), error = %e, "metadata copy refused");
                             Err(CopyState::Invalid(e.to_string()))
                         }
                     }
                 }
             };
-            opened.push(state);
+            if let (Ok(_), Some(grace), None) = (&state, grace, deadline) {
+                deadline = Some(tokio::time::Instant::now() + grace);
+            }
+            answers[index] = Some(state);
         }
+        let opened: Vec<std::result::Result<ObjectMeta, CopyState>> = answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(CopyState::Unreachable(
+                        "no answer before a good copy's grace period ended".into(),
+                    ))
+                })
+            })
+            .collect();
         let newest = opened
             .iter()
             .filter_map(|o| o.as_ref().ok())
@@ -540,7 +580,7 @@ impl Objects {
     /// Writes the object to `out`, through a temporary file beside it that is
     /// renamed only once every byte has been verified.
     pub async fn retrieve(&self, id: &ObjectId, out: &Path) -> Result<RetrieveReport> {
-        let (meta, _) = self.load_metadata(id).await?;
+        let (meta, _) = self.load_metadata_within(id, Some(METADATA_GRACE)).await?;
         let coder = Arc::new(Coder::new(meta.k(), meta.n() - meta.k())?);
         let object_nonce = meta.object_nonce()?;
         let context = self.read_context(*id, meta);
