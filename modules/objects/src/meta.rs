@@ -187,6 +187,11 @@ impl ObjectMeta {
         if self.backends.len() < self.n() || self.backends.len() > 4096 {
             return bad(format!("{} backends for {k}+{m}", self.backends.len()));
         }
+        // Two names for one backend would put two shards of a stripe on it.
+        let distinct: std::collections::HashSet<&BackendLocation> = self.backends.iter().collect();
+        if distinct.len() != self.backends.len() {
+            return bad("a backend is listed twice".into());
+        }
         let want_stripes = self.size.div_ceil(self.stripe_size).max(1);
         if self.stripes.len() as u64 != want_stripes {
             return bad(format!(
@@ -521,6 +526,9 @@ mod tests {
         cases.push(m);
         let mut m = sample(id);
         m.stripes.pop();
+        cases.push(m);
+        let mut m = sample(id);
+        m.backends[2] = m.backends[0].clone();
         cases.push(m);
         for case in cases {
             assert!(case.validate().is_err(), "{case:?}");
