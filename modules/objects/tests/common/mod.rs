@@ -57,6 +57,10 @@ impl Redis {
             .arg(self.dir.path())
             .args(["--save", ""])
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
+            // Every acknowledged write is on disk before the reply: under
+            // everysec a SIGKILLed server came back without shards it had
+            // acknowledged, which is a lost disk, not the stop being tested.
+            .args(["--appendfsync", "always"])
             .args(["--protected-mode", "no"])
             .args(["--daemonize", "no"])
             .args(["--logfile", ""])
@@ -149,23 +153,37 @@ fn serves(port: u16, pid: u32) -> bool {
     if stream.write_all(b"INFO server\r\n").is_err() {
         return false;
     }
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
-    let want = format!("process_id:{pid}\r\n");
-    while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        reply.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&reply);
-        if text.contains(&want) {
-            return true;
-        }
-        if text.contains("process_id:") && text.contains("\r\nrun_id:") {
+    // The reply is one bulk string: "$N\r\n" then N bytes and CRLF.
+    let mut header = Vec::new();
+    let mut byte = [0u8; 1];
+    while !header.ends_with(b"\r\n") {
+        if stream.read_exact(&mut byte).is_err() || header.len() > 32 {
             return false;
         }
+        header.push(byte[0]);
     }
-    false
+    let Some(len) = std::str::from_utf8(&header[..header.len() - 2])
+        .ok()
+        .and_then(|h| h.strip_prefix('$'))
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return false;
+    };
+    let mut info = vec![0u8; len + 2];
+    if stream.read_exact(&mut info).is_err() {
+        return false;
+    }
+    let ours = String::from_utf8_lossy(&info).contains(&format!("process_id:{pid}\r\n"));
+    // Ours, and ready once it has loaded its AOF (PING answers -LOADING before).
+    ours && pong(&mut stream)
+}
+
+fn pong(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
 }
 
 pub fn cluster(n: usize) -> Vec<Redis> {
