@@ -6,10 +6,12 @@
 # tools the image builder calls (mksquashfs, objcopy, depmod, sfdisk and cpio
 # for its tests); btrfs-progs (mkfs.btrfs ships in the image; the storage
 # tests make pools on loop devices), e2fsprogs and util-linux (the tests'
-# foreign ext4 disks, losetup, mount).
+# foreign ext4 disks, losetup, mount); redis-server and redis-tools (the
+# objects tests' backends, the shard store's redis-cli tests and its
+# benchmark against redis).
 ZN_APT_PACKAGES=(musl-tools protobuf-compiler qemu-system-x86 qemu-utils ovmf ipxe-qemu
   systemd-boot-efi squashfs-tools binutils kmod fdisk cpio git python3 ca-certificates
-  btrfs-progs e2fsprogs util-linux)
+  btrfs-progs e2fsprogs util-linux redis-server redis-tools)
 
 zn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
