@@ -1,0 +1,245 @@
+//! The management side in fresh network namespaces: a real DHCP exchange
+//! with dnsmasq (bind, renewal at T1, rebinding at T2, release), the static
+//! ip= form, a malformed ip= and a DHCP server that sends garbage.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dhcp_lease_is_bound_renewed_rebound_and_released() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lan = lan();
+    // dnsmasq's shortest lease is 2 minutes, but it hands out the T1/T2 we
+    // set: renewal after 3 s and rebinding after 6 s happen within the test.
+    let mut server = dnsmasq(
+        &lan.peer,
+        "up0",
+        dir.path(),
+        &[
+            "--dhcp-option=option:T1,3",
+            "--dhcp-option=option:T2,6",
+            &format!("--dhcp-host={NODE_MAC},node-a"),
+        ],
+    );
+    let mut node = module(&lan.node, dir.path(), "console=ttyS0 ip=dhcp");
+    let bound = node.wait_line("network: zn0 bound", Duration::from_secs(30));
+    eprintln!("FIGURE dhcp bound: {bound}");
+    assert!(bound.contains(" via 10.99.0.1 in "), "{bound}");
+    let p = proxy(dir.path()).await;
+    let s = state(&p).await;
+    let addr = v4_on(&s, "zn0");
+    assert_eq!(addr.len(), 1, "{s:#}");
+    assert!(
+        addr[0].starts_with("10.99.0.") && addr[0].ends_with("/24"),
+        "{addr:?}"
+    );
+    assert!(has_default_via(&s, "10.99.0.1"), "{s:#}");
+    assert_eq!(s["mode"], "dhcp");
+    assert_eq!(s["mgmt_nic"], "eth0");
+    assert_eq!(s["hostname"], "node-a", "host name from the lease");
+    assert_eq!(s["lease"]["server"], "10.99.0.1");
+    assert_eq!(s["lease"]["lease_secs"], 120);
+    assert_eq!(s["lease"]["renew_secs"], 3);
+    // zn0 carries the NIC's MAC and the NIC is its port.
+    let ifs = s["interfaces"].as_array().unwrap();
+    let zn0 = ifs.iter().find(|l| l["name"] == "zn0").unwrap();
+    let eth0 = ifs.iter().find(|l| l["name"] == "eth0").unwrap();
+    assert_eq!(zn0["mac"], NODE_MAC);
+    assert_eq!(eth0["master"], zn0["index"]);
+    let resolv = std::fs::read_to_string(dir.path().join("resolv.conf")).unwrap();
+    assert!(resolv.contains("nameserver 10.99.0.1"), "{resolv}");
+    assert!(lan.node.ping("10.99.0.1"), "the node reaches its gateway");
+
+    // T1: a unicast renewal that dnsmasq acknowledges.
+    wait_state(&p, Duration::from_secs(15), "a renewal", |s| {
+        s["lease"]["renewals"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(node.count("RENEWING") >= 1);
+    assert!(server.count("DHCPACK") >= 2, "{}", server.output());
+
+    // T2: with unicast to the server dropped, only a broadcast rebinding
+    // can extend the lease.
+    let nft = nft_path();
+    let rules = "table ip t { chain i { type filter hook input priority 0; ip daddr 10.99.0.1 udp dport 67 drop; }; }";
+    let out = lan.peer.exec(&[nft, rules]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = state(&p).await["lease"]["renewals"].as_u64().unwrap();
+    wait_state(&p, Duration::from_secs(20), "a rebinding", |s| {
+        s["lease"]["renewals"].as_u64() > Some(before)
+    })
+    .await;
+    node.wait_line("REBINDING", Duration::from_secs(1));
+    lan.peer.exec(&[nft, "delete table ip t"]);
+
+    // SIGTERM: DHCPRELEASE to the server, address gone, clean exit.
+    let status = node.terminate();
+    assert!(status.success(), "exit {status:?}");
+    server.wait_line("DHCPRELEASE", Duration::from_secs(5));
+    let out = lan.node.exec(&["ip", "-4", "addr", "show", "dev", "zn0"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("10.99.0."),
+        "address left on zn0"
+    );
+    assert!(server.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_ip_is_applied() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lan = lan();
+    let node = module(
+        &lan.node,
+        dir.path(),
+        "ip=10.99.0.7::10.99.0.1:255.255.255.0:static-a:eth0:off:10.99.0.53",
+    );
+    let line = node.wait_line("network: zn0 static", Duration::from_secs(20));
+    assert!(line.contains("10.99.0.7/24 via 10.99.0.1"), "{line}");
+    let p = proxy(dir.path()).await;
+    let s = state(&p).await;
+    assert_eq!(v4_on(&s, "zn0"), ["10.99.0.7/24"]);
+    assert!(has_default_via(&s, "10.99.0.1"));
+    assert_eq!(s["mode"], "static");
+    assert_eq!(s["hostname"], "static-a");
+    let resolv = std::fs::read_to_string(dir.path().join("resolv.conf")).unwrap();
+    assert!(resolv.contains("nameserver 10.99.0.53"), "{resolv}");
+    assert!(lan.node.ping("10.99.0.1"));
+    assert!(lan.peer.ping("10.99.0.7"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_ip_is_reported_and_falls_back_to_dhcp() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lan = lan();
+    let _server = dnsmasq(&lan.peer, "up0", dir.path(), &[]);
+    // A netmask with a hole.
+    let node = module(
+        &lan.node,
+        dir.path(),
+        "ip=10.99.0.7::10.99.0.1:255.0.255.0::eth0:off zeronode.hostname=named-node",
+    );
+    let warn = node.wait_line("falling back to DHCP", Duration::from_secs(10));
+    assert!(
+        warn.contains("malformed") && warn.contains("contiguous"),
+        "{warn}"
+    );
+    node.wait_line("network: zn0 bound 10.99.0.", Duration::from_secs(30));
+    let p = proxy(dir.path()).await;
+    let s = state(&p).await;
+    assert_eq!(s["mode"], "dhcp");
+    assert_eq!(s["hostname"], "named-node", "zeronode.hostname= wins");
+    assert!(s["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("falling back to DHCP"));
+}
+
+/// Answers every DHCP request in `ns` with garbage of several kinds until
+/// stopped.
+fn garbage_server(
+    ns: &Netns,
+    ifname: &str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let path = ns.path();
+    let ifname = ifname.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = UdpSocket::bind("0.0.0.0:67").unwrap();
+        nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::BindToDevice,
+            &std::ffi::OsString::from(ifname),
+        )
+        .unwrap();
+        sock.set_broadcast(true).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let mut sent = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            if n < 240 {
+                continue;
+            }
+            let req = &buf[..n];
+            let mut replies: Vec<Vec<u8>> = Vec::new();
+            // Plain noise.
+            replies.push((0..300u32).map(|i| (i * 7 + 3) as u8).collect());
+            // A BOOTREPLY header with our xid, cut short.
+            let mut short = req[..100].to_vec();
+            short[0] = 2;
+            replies.push(short);
+            // A full reply with the xid and magic cookie but options that
+            // overrun the packet.
+            let mut overrun = req[..240].to_vec();
+            overrun[0] = 2;
+            overrun.extend_from_slice(&[53, 1, 2, 54, 200, 10, 99]);
+            replies.push(overrun);
+            // A well-formed OFFER of 0.0.0.0 without a server identifier.
+            let mut zero = req[..240].to_vec();
+            zero[0] = 2;
+            zero.extend_from_slice(&[53, 1, 2, 255]);
+            replies.push(zero);
+            // An ACK for 10.99.0.66 without a lease time, mask with a hole.
+            let mut ack = req[..240].to_vec();
+            ack[0] = 2;
+            ack[16..20].copy_from_slice(&[10, 99, 0, 66]);
+            ack.extend_from_slice(&[53, 1, 5, 54, 4, 10, 99, 0, 1, 1, 4, 255, 0, 255, 0, 255]);
+            replies.push(ack);
+            for r in replies {
+                if sock.send_to(&r, "255.255.255.255:68").is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_dhcp_server_is_logged_and_survived() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lan = lan();
+    let stop = Arc::new(AtomicBool::new(false));
+    let junk = garbage_server(&lan.peer, "up0", stop.clone());
+    let mut node = module(&lan.node, dir.path(), "ip=dhcp");
+    node.wait_line("ignoring malformed reply", Duration::from_secs(20));
+    node.wait_line("ignoring reply from", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    let sent = junk.join().unwrap();
+    assert!(sent >= 10, "garbage sent: {sent}");
+    assert!(node.alive(), "the module survived {sent} garbage replies");
+    assert_eq!(node.count("network: zn0 bound"), 0);
+    // A real server afterwards: the client still gets its lease.
+    let _server = dnsmasq(&lan.peer, "up0", dir.path(), &[]);
+    node.wait_line("network: zn0 bound 10.99.0.", Duration::from_secs(40));
+    assert!(node.alive());
+}
