@@ -151,15 +151,28 @@ pub fn bridge_name(network: &str) -> String {
     format!("znb-{network}")
 }
 
-/// A stable, short interface name for the host side of a workload's veth.
-pub fn veth_name(network: &str, workload: &str) -> String {
-    // FNV-1a: stable across builds and releases, unlike std's hasher.
+/// FNV-1a: stable across builds and releases, unlike std's hasher.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in network.bytes().chain([b'/']).chain(workload.bytes()) {
+    for b in bytes {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
+    h
+}
+
+/// A stable, short interface name for the host side of a workload's veth.
+pub fn veth_name(network: &str, workload: &str) -> String {
+    let h = fnv1a(network.bytes().chain([b'/']).chain(workload.bytes()));
     format!("znv{h:08x}")
+}
+
+/// A fixed MAC for a network's bridge (locally administered, unicast).
+/// Without one the bridge takes the lowest MAC of its ports, which changes
+/// as workloads come and go and leaves stale ARP entries for the gateway.
+pub fn bridge_mac(network: &str) -> [u8; 6] {
+    let h = fnv1a(network.bytes()).to_be_bytes();
+    [0x02, 0x5a, h[0], h[1], h[2], h[3]]
 }
 
 impl Ipam {
@@ -369,5 +382,7 @@ mod tests {
         assert!(bridge_name("abcdefghij").len() <= 15);
         assert_eq!(veth_name("n", "w").len(), 11);
         assert_ne!(veth_name("n", "w1"), veth_name("n", "w2"));
+        assert_eq!(bridge_mac("blue")[0] & 0x03, 0x02, "local, unicast");
+        assert_ne!(bridge_mac("blue"), bridge_mac("red"));
     }
 }

@@ -458,3 +458,45 @@ pub fn sysctl(path: &str, value: &str) -> Result<(), Error> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(name: &str, kind: &str) -> Link {
+        Link {
+            index: 1,
+            name: name.into(),
+            mac: "52:54:00:00:00:01".into(),
+            kind: kind.into(),
+            up: true,
+            carrier: true,
+            master: None,
+        }
+    }
+
+    #[test]
+    fn physical_means_a_device_behind_it_and_no_virtual_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        for l in ["eno1", "br0", "veth0", "lo"] {
+            std::fs::create_dir_all(dir.path().join(l).join("device")).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("tap0")).unwrap();
+        assert!(is_physical(dir.path(), &link("eno1", "")));
+        assert!(!is_physical(dir.path(), &link("br0", "bridge")));
+        assert!(!is_physical(dir.path(), &link("veth0", "veth")));
+        assert!(!is_physical(dir.path(), &link("lo", "")));
+        assert!(
+            !is_physical(dir.path(), &link("tap0", "")),
+            "no device behind it"
+        );
+    }
+
+    #[test]
+    fn macs_round_trip() {
+        let m = parse_mac("52:54:00:AB:cd:01").unwrap();
+        assert_eq!(format_mac(&m), "52:54:00:ab:cd:01");
+        assert!(parse_mac("52:54:00:ab:cd").is_none());
+        assert!(parse_mac("52:54:00:ab:cd:zz").is_none());
+    }
+}

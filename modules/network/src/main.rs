@@ -42,6 +42,10 @@ struct Args {
     /// Milliseconds to wait for a carrier on the physical NICs.
     #[arg(long, default_value_t = 5000)]
     carrier_wait_ms: u64,
+    /// With several candidate NICs: how long each gets to win a lease in the
+    /// first round (doubling each round).
+    #[arg(long, default_value_t = 10000)]
+    candidate_timeout_ms: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -109,7 +113,7 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         resolv_conf: args.resolv_conf.clone(),
         sys_class_net: args.sys_class_net.clone(),
         carrier_wait: Duration::from_millis(args.carrier_wait_ms),
-        candidate_timeout: Duration::from_secs(10),
+        candidate_timeout: Duration::from_millis(args.candidate_timeout_ms),
         started,
     };
 

@@ -17,7 +17,8 @@ use crate::{Error, MGMT_BRIDGE};
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `--mgmt` or `zeronode.mgmt=`: an interface name or a MAC.
+    /// `--mgmt` or `zeronode.mgmt=`: interface names or MACs, comma-separated,
+    /// tried in that order.
     pub mgmt: Option<String>,
     pub ip: IpConfig,
     /// `zeronode.hostname=`: wins over the lease's and ip='s host name.
@@ -75,18 +76,32 @@ pub async fn candidates(
         _ => None,
     });
     if let Some(spec) = named {
-        match find_named(&all, &spec) {
-            Some(l) if l.name != MGMT_BRIDGE => return Ok(vec![l.clone()]),
-            _ => {
-                let names: Vec<&str> = all.iter().map(|l| l.name.as_str()).collect();
-                let msg = format!(
-                    "management NIC {spec:?} not found (links: {}); choosing one myself",
-                    names.join(", ")
-                );
-                tracing::error!("{msg}");
-                shared.lock().warnings.push(msg);
+        // A comma-separated list: candidates in that order.
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for one in spec.split(',').filter(|s| !s.is_empty()) {
+            match find_named(&all, one) {
+                Some(l) if l.name != MGMT_BRIDGE && l.name != "lo" => found.push(l.clone()),
+                _ => missing.push(one),
             }
         }
+        if !missing.is_empty() {
+            let names: Vec<&str> = all.iter().map(|l| l.name.as_str()).collect();
+            let msg = format!(
+                "management NIC {} not found (links: {})",
+                missing.join(", "),
+                names.join(", ")
+            );
+            tracing::error!("{msg}");
+            shared.lock().warnings.push(msg);
+        }
+        if !found.is_empty() {
+            for l in &found {
+                links::set_up(handle, l.index).await?;
+            }
+            return Ok(found);
+        }
+        tracing::warn!("choosing the management NIC myself");
     }
     // After a restart of this module: keep the NIC already on zn0.
     if let Some(br) = all.iter().find(|l| l.name == MGMT_BRIDGE) {

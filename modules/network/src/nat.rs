@@ -24,6 +24,9 @@ pub fn ruleset(ipam: &Ipam, uplink: &str) -> String {
             "    ip saddr {} oifname \"{uplink}\" masquerade\n",
             net.subnet
         );
+        // Within one network: bridged traffic passes here too when
+        // br_netfilter is loaded (bridge-nf-call-iptables).
+        fwd += &format!("    iifname \"{b}\" oifname \"{b}\" accept\n");
         fwd += &format!("    iifname \"{b}\" oifname \"{uplink}\" accept\n");
     }
     for net in ipam.networks.values() {
@@ -82,6 +85,7 @@ mod tests {
         assert!(r.contains("ip saddr 10.201.0.0/24 oifname \"zn0\" masquerade"));
         assert!(r.contains("iifname \"znb-red\" oifname \"zn0\" accept"));
         assert!(r.contains("oifname \"znb-blue\" drop"));
+        assert!(r.contains("iifname \"znb-blue\" oifname \"znb-blue\" accept"));
         // Accepts to the uplink come before the fences.
         assert!(
             r.find("znb-red\" oifname \"zn0\" accept").unwrap()

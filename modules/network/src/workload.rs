@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use rtnetlink::Handle;
 use tokio::sync::Mutex;
 
-use crate::ipam::{Attachment, Ipam, Subnet};
+use crate::ipam::{self, Attachment, Ipam, Subnet};
 use crate::{links, nat, Error, MGMT_BRIDGE};
 
 pub struct Workloads {
@@ -37,8 +37,13 @@ impl Workloads {
         self.ipam.lock().await.clone()
     }
 
-    async fn ensure_network_bridge(&self, bridge: &str, subnet: Subnet) -> Result<(), Error> {
-        let link = links::ensure_bridge(&self.handle, bridge, None).await?;
+    async fn ensure_network_bridge(
+        &self,
+        name: &str,
+        bridge: &str,
+        subnet: Subnet,
+    ) -> Result<(), Error> {
+        let link = links::ensure_bridge(&self.handle, bridge, Some(ipam::bridge_mac(name))).await?;
         links::add_address(&self.handle, link.index, subnet.gateway(), subnet.prefix).await
     }
 
@@ -52,7 +57,8 @@ impl Workloads {
         let mut ipam = self.ipam.lock().await;
         let mut next = ipam.clone();
         let net = next.create(name, subnet, reserved)?.clone();
-        self.ensure_network_bridge(&net.bridge, net.subnet).await?;
+        self.ensure_network_bridge(name, &net.bridge, net.subnet)
+            .await?;
         links::sysctl("net/ipv4/ip_forward", "1")?;
         nat::apply(&self.nft, &nat::ruleset(&next, MGMT_BRIDGE))?;
         next.save(&self.state_dir)?;
@@ -191,7 +197,10 @@ impl Workloads {
     pub async fn restore(&self) -> Result<(), Error> {
         let ipam = self.ipam.lock().await;
         for (name, net) in &ipam.networks {
-            if let Err(e) = self.ensure_network_bridge(&net.bridge, net.subnet).await {
+            if let Err(e) = self
+                .ensure_network_bridge(name, &net.bridge, net.subnet)
+                .await
+            {
                 tracing::error!("network {name}: cannot restore bridge: {e}");
                 continue;
             }

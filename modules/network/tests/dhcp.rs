@@ -243,3 +243,60 @@ async fn garbage_from_a_dhcp_server_is_logged_and_survived() {
     node.wait_line("network: zn0 bound 10.99.0.", Duration::from_secs(40));
     assert!(node.alive());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nic_that_gets_a_lease_becomes_the_management_nic() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lan = lan();
+    // eno1 sorts first and has a carrier, but nothing answers behind it.
+    let dead = Netns::new("dead");
+    veth(&lan.node, "eno1", &dead, "x0");
+    let _server = dnsmasq(&lan.peer, "up0", dir.path(), &[]);
+    // Veths are not physical NICs, so the candidates are named (in order).
+    let node = module_with(
+        &lan.node,
+        dir.path(),
+        "ip=dhcp",
+        &["--mgmt", "eno1,eth0", "--candidate-timeout-ms", "2000"],
+    );
+    node.wait_line("no DHCP lease through eno1", Duration::from_secs(20));
+    node.wait_line("network: zn0 bound 10.99.0.", Duration::from_secs(30));
+    let p = proxy(dir.path()).await;
+    let s = state(&p).await;
+    assert_eq!(s["mgmt_nic"], "eth0", "{s:#}");
+    assert_eq!(s["mgmt_mac"], NODE_MAC);
+    let ifs = s["interfaces"].as_array().unwrap();
+    let zn0 = ifs.iter().find(|l| l["name"] == "zn0").unwrap();
+    let eno1 = ifs.iter().find(|l| l["name"] == "eno1").unwrap();
+    assert!(eno1["master"].is_null(), "eno1 was taken off zn0: {eno1}");
+    assert_eq!(zn0["mac"], NODE_MAC, "zn0 took the winning NIC's MAC");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mgmt_on_the_command_line_names_the_nic_by_mac() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lan = lan();
+    let other = Netns::new("other");
+    veth(&lan.node, "eno1", &other, "x0");
+    let _server = dnsmasq(&lan.peer, "up0", dir.path(), &[]);
+    let node = module_with(
+        &lan.node,
+        dir.path(),
+        &format!("ip=dhcp zeronode.mgmt={}", NODE_MAC.to_uppercase()),
+        &[],
+    );
+    node.wait_line("network: zn0 bound 10.99.0.", Duration::from_secs(30));
+    assert_eq!(
+        node.count("no DHCP lease through"),
+        0,
+        "no other NIC was tried"
+    );
+    let p = proxy(dir.path()).await;
+    assert_eq!(state(&p).await["mgmt_nic"], "eth0");
+}

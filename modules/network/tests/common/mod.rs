@@ -267,6 +267,11 @@ pub fn nft_path() -> &'static str {
 /// Starts the module in `ns` with its own UTS namespace (it sets the host
 /// name) and the kernel command line `cmdline`.
 pub fn module(ns: &Netns, dir: &Path, cmdline: &str) -> Proc {
+    module_with(ns, dir, cmdline, &["--mgmt", "eth0"])
+}
+
+/// As [`module`], with `args` instead of `--mgmt eth0`.
+pub fn module_with(ns: &Netns, dir: &Path, cmdline: &str, args: &[&str]) -> Proc {
     std::fs::write(dir.join("cmdline"), cmdline).unwrap();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &ns.name, "unshare", "--uts"])
@@ -279,14 +284,8 @@ pub fn module(ns: &Netns, dir: &Path, cmdline: &str) -> Proc {
         .arg(dir.join("cmdline"))
         .arg("--resolv-conf")
         .arg(dir.join("resolv.conf"))
-        .args([
-            "--mgmt",
-            "eth0",
-            "--carrier-wait-ms",
-            "1000",
-            "--nft",
-            nft_path(),
-        ])
+        .args(args)
+        .args(["--carrier-wait-ms", "1000", "--nft", nft_path()])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
     Proc::spawn(cmd)
