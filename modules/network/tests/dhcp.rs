@@ -122,6 +122,11 @@ async fn static_ip_is_applied() {
     assert!(resolv.contains("nameserver 10.99.0.53"), "{resolv}");
     assert!(lan.node.ping("10.99.0.1"));
     assert!(lan.peer.ping("10.99.0.7"));
+    // IPv6 is the kernel's: router advertisements accepted on zn0.
+    let ra = lan
+        .node
+        .exec(&["cat", "/proc/sys/net/ipv6/conf/zn0/accept_ra"]);
+    assert_eq!(String::from_utf8_lossy(&ra.stdout).trim(), "2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,4 +304,74 @@ async fn mgmt_on_the_command_line_names_the_nic_by_mac() {
     );
     let p = proxy(dir.path()).await;
     assert_eq!(state(&p).await["mgmt_nic"], "eth0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nak_on_renewal_drops_the_address_and_gets_a_new_lease() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lan = lan();
+    let server = dnsmasq(&lan.peer, "up0", dir.path(), &["--dhcp-option=option:T1,4"]);
+    let node = module(&lan.node, dir.path(), "ip=dhcp");
+    node.wait_line("network: zn0 bound 10.99.0.", Duration::from_secs(30));
+    let p = proxy(dir.path()).await;
+    let old = state(&p).await["lease"]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Before T1, the server comes back serving another range, its leases
+    // forgotten:
+    // being authoritative, it refuses the renewal of the old address.
+    drop(server);
+    std::fs::remove_file(dir.path().join("dnsmasq.leases")).unwrap();
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &lan.peer.name,
+        "dnsmasq",
+        "--no-daemon",
+        "--port=0",
+        "--interface=up0",
+    ])
+    .args([
+        "--bind-interfaces",
+        "--dhcp-authoritative",
+        "--no-ping",
+        "--log-dhcp",
+        "--pid-file=",
+        "--conf-file=/dev/null",
+    ])
+    .args([
+        "--dhcp-range=10.99.0.150,10.99.0.199,255.255.255.0,2m",
+        "--dhcp-option=option:router,10.99.0.1",
+    ])
+    .arg(format!(
+        "--dhcp-leasefile={}",
+        dir.path().join("dnsmasq.leases").display()
+    ));
+    let server = Proc::spawn(cmd);
+    server.wait_line("DHCPNAK", Duration::from_secs(20));
+    node.wait_line("server refused renewal", Duration::from_secs(5));
+    let s = wait_state(
+        &p,
+        Duration::from_secs(20),
+        "a lease in the new range",
+        |s| {
+            s["lease"]["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("10.99.0.1") && a.len() == 11)
+        },
+    )
+    .await;
+    let new = s["lease"]["address"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(
+        v4_on(&s, "zn0"),
+        [format!("{new}/24")],
+        "only the new address is left"
+    );
+    assert_eq!(node.count("network: zn0 bound"), 2);
 }
