@@ -360,6 +360,38 @@ pub async fn del_address(
     Ok(())
 }
 
+/// Removes every IPv4 address on link `index` but `keep` (addresses left
+/// by an earlier run that did not get to release its lease).
+pub async fn remove_other_v4(handle: &Handle, index: u32, keep: Ipv4Addr) -> Result<(), Error> {
+    let msgs: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("list addresses"))?;
+    for m in msgs {
+        let stale = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(a)) if *a != keep => Some(*a),
+            _ => None,
+        });
+        if let Some(a) = stale {
+            tracing::info!(
+                "removing stale address {a}/{} from link {index}",
+                m.header.prefix_len
+            );
+            handle
+                .address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(nl(format!("remove stale {a} from link {index}")))?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn replace_default_route(
     handle: &Handle,
     index: u32,

@@ -251,6 +251,7 @@ pub async fn apply_static(
 ) -> Result<(), Error> {
     let prefix = prefix_of(netmask);
     links::add_address(handle, mgmt.bridge.index, client, prefix).await?;
+    links::remove_other_v4(handle, mgmt.bridge.index, client).await?;
     if let Some(gw) = gateway {
         links::replace_default_route(handle, mgmt.bridge.index, gw).await?;
     }
@@ -281,6 +282,7 @@ async fn apply_lease(
     lease: &Lease,
 ) -> Result<(), Error> {
     links::add_address(handle, mgmt.bridge.index, lease.address, lease.prefix).await?;
+    links::remove_other_v4(handle, mgmt.bridge.index, lease.address).await?;
     if let Some(gw) = lease.gateway {
         links::replace_default_route(handle, mgmt.bridge.index, gw).await?;
     }
