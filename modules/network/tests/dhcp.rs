@@ -375,3 +375,115 @@ async fn a_nak_on_renewal_drops_the_address_and_gets_a_new_lease() {
     );
     assert_eq!(node.count("network: zn0 bound"), 2);
 }
+
+/// A minimal DHCP server in `ns` with a 4 s lease (dnsmasq will not go below
+/// 2 minutes): offers 10.99.0.42 and acknowledges requests while `serve` is
+/// set, and stays silent otherwise. Returns the number of ACKs sent.
+fn short_lease_server(
+    ns: &Netns,
+    ifname: &str,
+    serve: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
+    use dhcproto::{Decodable, Encodable};
+    use std::net::Ipv4Addr;
+    let path = ns.path();
+    let ifname = ifname.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = UdpSocket::bind("0.0.0.0:67").unwrap();
+        nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::BindToDevice,
+            &std::ffi::OsString::from(ifname),
+        )
+        .unwrap();
+        sock.set_broadcast(true).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let server = Ipv4Addr::new(10, 99, 0, 1);
+        let mut buf = [0u8; 1500];
+        let mut acks = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            if !serve.load(Ordering::SeqCst) {
+                continue;
+            }
+            let Ok(req) = Message::from_bytes(&buf[..n]) else {
+                continue;
+            };
+            let kind = match req.opts().msg_type() {
+                Some(MessageType::Discover) => MessageType::Offer,
+                Some(MessageType::Request) => MessageType::Ack,
+                _ => continue,
+            };
+            let mut reply = Message::new_with_id(
+                req.xid(),
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::new(10, 99, 0, 42),
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::UNSPECIFIED,
+                &req.chaddr()[..6],
+            );
+            reply.set_opcode(Opcode::BootReply);
+            let o = reply.opts_mut();
+            o.insert(DhcpOption::MessageType(kind));
+            o.insert(DhcpOption::ServerIdentifier(server));
+            o.insert(DhcpOption::AddressLeaseTime(4));
+            o.insert(DhcpOption::Renewal(2));
+            o.insert(DhcpOption::Rebinding(3));
+            o.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)));
+            o.insert(DhcpOption::Router(vec![server]));
+            if sock
+                .send_to(&reply.to_vec().unwrap(), "255.255.255.255:68")
+                .is_ok()
+                && kind == MessageType::Ack
+            {
+                acks += 1;
+            }
+        }
+        acks
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_removed_and_the_client_starts_over() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lan = lan();
+    let serve = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = short_lease_server(&lan.peer, "up0", serve.clone(), stop.clone());
+    let node = module(&lan.node, dir.path(), "ip=dhcp");
+    node.wait_line("network: zn0 bound 10.99.0.42/24", Duration::from_secs(30));
+    let p = proxy(dir.path()).await;
+    // The server goes silent: renewal at 2 s and rebinding at 3 s go
+    // unanswered, and at 4 s the lease is gone.
+    serve.store(false, Ordering::SeqCst);
+    let s = wait_state(&p, Duration::from_secs(10), "the lease to expire", |s| {
+        s["lease"].is_null()
+    })
+    .await;
+    assert!(
+        v4_on(&s, "zn0").is_empty(),
+        "the address left with the lease: {s:#}"
+    );
+    assert!(!has_default_via(&s, "10.99.0.1"));
+    node.wait_line("expired", Duration::from_secs(1));
+    assert!(node.count("RENEWING") >= 1 && node.count("REBINDING") >= 1);
+    // Back to INIT: when the server answers again, a new lease is bound.
+    serve.store(true, Ordering::SeqCst);
+    wait_state(&p, Duration::from_secs(40), "a new lease", |s| {
+        s["lease"]["address"] == "10.99.0.42"
+    })
+    .await;
+    assert_eq!(node.count("network: zn0 bound"), 2);
+    stop.store(true, Ordering::SeqCst);
+    assert!(server.join().unwrap() >= 2);
+}
