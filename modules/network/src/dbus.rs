@@ -79,10 +79,12 @@ impl Network {
     }
 
     pub async fn state_json(&self) -> Result<String, NetError> {
+        // Status first: the kernel is configured before the status records
+        // it, so the links read after are at least as new as the status.
+        let status = self.shared.lock().clone();
         let interfaces = links::links(&self.handle).await?;
         let addresses = links::addresses(&self.handle, &interfaces).await?;
         let routes = links::routes(&self.handle, &interfaces).await?;
-        let status = self.shared.lock().clone();
         let doc = StateDoc {
             status,
             interfaces,

@@ -111,14 +111,34 @@ fn to_link(msg: &LinkMessage) -> Link {
     link
 }
 
+/// True for the error a dump gets when the table changed under it (the
+/// kernel flags it interrupted): the dump is to be repeated.
+fn dump_interrupted(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EBUSY)
+}
+
+/// Runs the dump `f` again while it gets interrupted by concurrent changes
+/// (addresses come and go while State is asked for).
+async fn dump<T, F, Fut>(what: &str, f: F) -> Result<Vec<T>, Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, rtnetlink::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match f().await {
+            Err(e) if dump_interrupted(&e) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            r => return r.map_err(nl(what)),
+        }
+    }
+}
+
 pub async fn links(handle: &Handle) -> Result<Vec<Link>, Error> {
-    let msgs: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl("list links"))?;
+    let msgs: Vec<LinkMessage> =
+        dump("list links", || handle.link().get().execute().try_collect()).await?;
     Ok(msgs.iter().map(to_link).collect())
 }
 
@@ -274,13 +294,10 @@ pub async fn veth_into_netns(
 }
 
 pub async fn addresses(handle: &Handle, links: &[Link]) -> Result<Vec<Address>, Error> {
-    let msgs: Vec<AddressMessage> = handle
-        .address()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl("list addresses"))?;
+    let msgs: Vec<AddressMessage> = dump("list addresses", || {
+        handle.address().get().execute().try_collect()
+    })
+    .await?;
     let mut out = Vec::new();
     for m in msgs {
         let link = links
@@ -335,14 +352,15 @@ pub async fn del_address(
     addr: Ipv4Addr,
     prefix: u8,
 ) -> Result<(), Error> {
-    let msgs: Vec<AddressMessage> = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl("list addresses"))?;
+    let msgs: Vec<AddressMessage> = dump("list addresses", || {
+        handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+    })
+    .await?;
     for m in msgs {
         let matches = m.header.prefix_len == prefix
             && m.attributes
@@ -363,14 +381,15 @@ pub async fn del_address(
 /// Removes every IPv4 address on link `index` but `keep` (addresses left
 /// by an earlier run that did not get to release its lease).
 pub async fn remove_other_v4(handle: &Handle, index: u32, keep: Ipv4Addr) -> Result<(), Error> {
-    let msgs: Vec<AddressMessage> = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl("list addresses"))?;
+    let msgs: Vec<AddressMessage> = dump("list addresses", || {
+        handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+    })
+    .await?;
     for m in msgs {
         let stale = m.attributes.iter().find_map(|a| match a {
             AddressAttribute::Local(IpAddr::V4(a)) if *a != keep => Some(*a),
@@ -428,13 +447,10 @@ pub async fn routes(handle: &Handle, links: &[Link]) -> Result<Vec<Route>, Error
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut req = RouteMessage::default();
         req.header.address_family = family;
-        let msgs: Vec<RouteMessage> = handle
-            .route()
-            .get(req)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list routes"))?;
+        let msgs: Vec<RouteMessage> = dump("list routes", || {
+            handle.route().get(req.clone()).execute().try_collect()
+        })
+        .await?;
         for m in msgs {
             // Main table only: the local and multicast tables are the
             // kernel's bookkeeping, not routing decisions anyone set.
