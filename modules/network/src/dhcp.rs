@@ -336,6 +336,9 @@ pub struct Client {
     mac: [u8; 6],
     timing: Timing,
     rng: Rng,
+    /// Replies ignored so far; logged in full only now and then so that a
+    /// flood of garbage cannot flood the log.
+    ignored: u64,
 }
 
 enum Outcome {
@@ -351,6 +354,7 @@ impl Client {
             mac,
             timing,
             rng: Rng::new(mac),
+            ignored: 0,
         })
     }
 
@@ -391,7 +395,16 @@ impl Client {
 
     /// Waits until `deadline` for a reply to `xid`; everything else is
     /// skipped, garbage with a log line.
-    async fn wait_reply(&self, xid: u32, deadline: Instant) -> Outcome {
+    /// Logs an ignored reply: the first 10, then every power of two.
+    fn ignored(&mut self, why: std::fmt::Arguments<'_>) {
+        self.ignored += 1;
+        let n = self.ignored;
+        if n <= 10 || n.is_power_of_two() {
+            tracing::warn!("dhcp: {}: ignoring {why} ({n} ignored so far)", self.ifname);
+        }
+    }
+
+    async fn wait_reply(&mut self, xid: u32, deadline: Instant) -> Outcome {
         let mut buf = vec![0u8; 4096];
         loop {
             let now = Instant::now();
@@ -416,19 +429,14 @@ impl Client {
             match parse_reply(dgram.payload, xid, self.mac) {
                 Ok(reply) => return Outcome::Reply(reply),
                 Err(Rejected::NotOurs) => {}
-                Err(Rejected::Malformed(e)) => tracing::warn!(
-                    "dhcp: {}: ignoring malformed reply from {}:{} ({} bytes): {e}",
-                    self.ifname,
+                Err(Rejected::Malformed(e)) => self.ignored(format_args!(
+                    "malformed reply from {}:{} ({} bytes): {e}",
                     dgram.src,
                     dgram.src_port,
                     dgram.payload.len()
-                ),
+                )),
                 Err(Rejected::Unusable(e)) => {
-                    tracing::warn!(
-                        "dhcp: {}: ignoring reply from {}: {e}",
-                        self.ifname,
-                        dgram.src
-                    )
+                    self.ignored(format_args!("reply from {}: {e}", dgram.src))
                 }
             }
         }

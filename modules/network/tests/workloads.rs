@@ -117,10 +117,31 @@ async fn workloads_reach_each_other_and_upstream_through_nat() {
     assert!(!w3.ping("10.200.0.2"), "red must not reach blue");
 
     // Restart: same addresses for the same workloads, new ones elsewhere.
+    // w1's veth is lost meanwhile (as after a reboot): the restart plugs it
+    // back in from the stored state.
+    let w1_veth = s["networks"]["networks"]["blue"]["attachments"]["w1"]["host_veth"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(node.terminate().success());
+    run(&["ip", "-n", &lan.node.name, "link", "del", &w1_veth]);
     let node = module(&lan.node, dir.path(), STATIC);
     node.wait_line("network: zn0 static", Duration::from_secs(20));
     let p = proxy(dir.path()).await;
+    wait_state(&p, Duration::from_secs(10), "w1 plugged back in", |s| {
+        s["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == w1_veth.as_str())
+    })
+    .await;
+    let inside = String::from_utf8_lossy(&w1.exec(&["ip", "-4", "addr", "show", "eth0"]).stdout)
+        .into_owned();
+    assert!(
+        inside.contains("10.200.0.2/24"),
+        "w1 has its address back: {inside}"
+    );
     assert_eq!(
         p.attach("blue", "w2", w2.path().to_str().unwrap())
             .await
