@@ -82,6 +82,8 @@ impl Network {
         // Status first: the kernel is configured before the status records
         // it, so the links read after are at least as new as the status.
         let status = self.shared.lock().clone();
+        // Before the links too: the first look at the networks may restore them.
+        let networks = self.workloads.snapshot().await;
         let interfaces = links::links(&self.handle).await?;
         let addresses = links::addresses(&self.handle, &interfaces).await?;
         let routes = links::routes(&self.handle, &interfaces).await?;
@@ -90,7 +92,7 @@ impl Network {
             interfaces,
             addresses,
             routes,
-            networks: self.workloads.snapshot().await,
+            networks,
         };
         serde_json::to_string(&doc).map_err(|e| NetError::Invalid(format!("encode state: {e}")))
     }

@@ -17,7 +17,9 @@ pub struct Workloads {
     handle: Handle,
     state_dir: PathBuf,
     nft: PathBuf,
-    ipam: Mutex<Ipam>,
+    /// Loaded on first use: the state directory may sit on the node cache,
+    /// which storage mounts after this module started.
+    ipam: Mutex<Option<Ipam>>,
 }
 
 /// The name the workload sees for its interface, when free.
@@ -29,12 +31,38 @@ impl Workloads {
             handle,
             state_dir: state_dir.to_path_buf(),
             nft: nft.to_path_buf(),
-            ipam: Mutex::new(Ipam::load(state_dir)?),
+            ipam: Mutex::new(None),
         })
     }
 
+    fn state_file_exists(&self) -> bool {
+        self.state_dir.join(ipam::STATE_FILE).exists()
+    }
+
+    /// The IPAM, loaded (and its networks restored) on first use.
+    async fn loaded(&self) -> Result<tokio::sync::MappedMutexGuard<'_, Ipam>, Error> {
+        let mut guard = self.ipam.lock().await;
+        if guard.is_none() {
+            let ipam = Ipam::load(&self.state_dir)?;
+            self.restore_networks(&ipam).await?;
+            *guard = Some(ipam);
+        }
+        Ok(tokio::sync::MutexGuard::map(guard, |g| {
+            g.get_or_insert_with(Ipam::default)
+        }))
+    }
+
     pub async fn snapshot(&self) -> Ipam {
-        self.ipam.lock().await.clone()
+        if self.ipam.lock().await.is_none() && !self.state_file_exists() {
+            return Ipam::default();
+        }
+        match self.loaded().await {
+            Ok(ipam) => ipam.clone(),
+            Err(e) => {
+                tracing::error!("workload networks: {e}");
+                Ipam::default()
+            }
+        }
     }
 
     async fn ensure_network_bridge(
@@ -54,7 +82,7 @@ impl Workloads {
         subnet: &str,
         reserved: &[Subnet],
     ) -> Result<String, Error> {
-        let mut ipam = self.ipam.lock().await;
+        let mut ipam = self.loaded().await?;
         let mut next = ipam.clone();
         let net = next.create(name, subnet, reserved)?.clone();
         self.ensure_network_bridge(name, &net.bridge, net.subnet)
@@ -74,7 +102,7 @@ impl Workloads {
 
     /// Deletes network `name`, its bridge and the veths of its workloads.
     pub async fn delete(&self, name: &str) -> Result<(), Error> {
-        let mut ipam = self.ipam.lock().await;
+        let mut ipam = self.loaded().await?;
         let mut next = ipam.clone();
         let net = next
             .networks
@@ -111,7 +139,7 @@ impl Workloads {
             path: netns.to_path_buf(),
             source,
         })?;
-        let mut ipam = self.ipam.lock().await;
+        let mut ipam = self.loaded().await?;
         let mut next = ipam.clone();
         let att = next.assign(network, workload, netns)?;
         let net = next
@@ -131,7 +159,7 @@ impl Workloads {
     }
 
     pub async fn detach(&self, network: &str, workload: &str) -> Result<(), Error> {
-        let mut ipam = self.ipam.lock().await;
+        let mut ipam = self.loaded().await?;
         let mut next = ipam.clone();
         let att = next
             .networks
@@ -192,10 +220,23 @@ impl Workloads {
         result
     }
 
+    /// At start: brings back the workload networks when their state is
+    /// there already; otherwise that waits for the first request, by which
+    /// time the node cache holding the state directory is mounted.
+    pub async fn restore(&self) -> Result<(), Error> {
+        if !self.state_file_exists() {
+            tracing::info!(
+                "no workload network state in {} yet: loading it on first use",
+                self.state_dir.display()
+            );
+            return Ok(());
+        }
+        self.loaded().await.map(drop)
+    }
+
     /// Brings back bridges, addresses, veths of still-existing namespaces,
     /// and the NAT table after a restart of the module.
-    pub async fn restore(&self) -> Result<(), Error> {
-        let ipam = self.ipam.lock().await;
+    async fn restore_networks(&self, ipam: &Ipam) -> Result<(), Error> {
         for (name, net) in &ipam.networks {
             if let Err(e) = self
                 .ensure_network_bridge(name, &net.bridge, net.subnet)
@@ -218,10 +259,11 @@ impl Workloads {
                 }
             }
         }
-        if !ipam.networks.is_empty() {
-            links::sysctl("net/ipv4/ip_forward", "1")?;
+        if ipam.networks.is_empty() {
+            return Ok(());
         }
-        nat::apply(&self.nft, &nat::ruleset(&ipam, MGMT_BRIDGE))
+        links::sysctl("net/ipv4/ip_forward", "1")?;
+        nat::apply(&self.nft, &nat::ruleset(ipam, MGMT_BRIDGE))
     }
 }
 

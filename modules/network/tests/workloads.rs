@@ -209,3 +209,46 @@ async fn workloads_reach_each_other_and_upstream_through_nat() {
     );
     drop(node);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_that_appears_after_start_is_loaded_on_first_use() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lan = lan();
+    let w1 = Netns::new("w1");
+    let node = module(&lan.node, dir.path(), STATIC);
+    node.wait_line("loading it on first use", Duration::from_secs(20));
+    let p = proxy(dir.path()).await;
+    assert!(state(&p).await["networks"]["networks"]
+        .as_object()
+        .unwrap()
+        .is_empty());
+    // The node cache is mounted (by storage) with state from an earlier boot.
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let earlier = format!(
+        r#"{{"networks":{{"late":{{"subnet":"10.202.0.0/24","bridge":"znb-late","attachments":{{"w1":{{"address":"10.202.0.9","netns":"{}","host_veth":"znv00000001"}}}}}}}}}}"#,
+        w1.path().display()
+    );
+    std::fs::write(dir.path().join("state/networks.json"), earlier).unwrap();
+    let s = state(&p).await;
+    assert_eq!(
+        s["networks"]["networks"]["late"]["attachments"]["w1"]["address"],
+        "10.202.0.9"
+    );
+    assert!(
+        s["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "znb-late"),
+        "bridge restored"
+    );
+    assert!(
+        w1.ping("10.202.0.1"),
+        "w1 plugged back in with its stored address"
+    );
+    assert!(w1.ping("10.99.0.1"), "and NAT restored");
+    drop(node);
+}
