@@ -132,6 +132,10 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
 
     let candidates = mgmt::candidates(&handle, &cfg, &shared).await?;
+    let first = candidates
+        .first()
+        .cloned()
+        .context("no candidate for the management NIC")?;
     let (mgmt_link, dhcp_task) = match &cfg.ip {
         IpConfig::Static {
             client,
@@ -142,7 +146,7 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             ..
         } => {
             shared.lock().mode = "static".into();
-            let m = mgmt::bridge(&handle, &candidates[0]).await?;
+            let m = mgmt::bridge(&handle, &first).await?;
             {
                 let mut s = shared.lock();
                 s.mgmt_nic = Some(m.nic.name.clone());
@@ -164,7 +168,7 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         }
         IpConfig::Off => {
             shared.lock().mode = "off".into();
-            let m = mgmt::bridge(&handle, &candidates[0]).await?;
+            let m = mgmt::bridge(&handle, &first).await?;
             tracing::info!(
                 "ip=off: {} left without an address",
                 zeronode_network::MGMT_BRIDGE
@@ -187,8 +191,18 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
                     let (m, task) = r.context("DHCP task")??;
                     (Some(m), Some(task))
                 }
-                _ = term.recv() => return Ok(()),
-                _ = int.recv() => return Ok(()),
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM before a lease: stopping");
+                    server.abort();
+                    let _ = std::fs::remove_file(&args.socket);
+                    return Ok(());
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT before a lease: stopping");
+                    server.abort();
+                    let _ = std::fs::remove_file(&args.socket);
+                    return Ok(());
+                }
             }
         }
     };

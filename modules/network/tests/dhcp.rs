@@ -487,3 +487,24 @@ async fn an_expired_lease_is_removed_and_the_client_starts_over() {
     stop.store(true, Ordering::SeqCst);
     assert!(server.join().unwrap() >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_for_a_lease_exits_cleanly() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lan = lan();
+    // No server: the client keeps sending DISCOVERs.
+    let mut node = module(&lan.node, dir.path(), "ip=dhcp");
+    node.wait_line("zn0: bridge over eth0", Duration::from_secs(20));
+    let p = proxy(dir.path()).await;
+    assert_eq!(
+        state(&p).await["mode"],
+        "dhcp",
+        "State answers before a lease"
+    );
+    let status = node.terminate();
+    assert!(status.success(), "exit {status:?}");
+    assert!(!dir.path().join("network.sock").exists(), "socket removed");
+}
