@@ -30,8 +30,12 @@ pub struct Lease {
     pub lease_secs: u32,
     pub renew_secs: u32,
     pub rebind_secs: u32,
-    /// Unix seconds when the server acknowledged the lease.
+    /// Unix seconds when the server acknowledged the lease, and when it is
+    /// to be renewed (T1), rebound (T2) and when it expires.
     pub acquired_unix: u64,
+    pub renew_unix: u64,
+    pub rebind_unix: u64,
+    pub expires_unix: u64,
     /// How many times this lease was extended by a renewal or rebinding.
     pub renewals: u32,
     #[serde(skip)]
@@ -505,6 +509,10 @@ impl Client {
     }
 
     fn anchor(&self, f: LeaseFields, server: Ipv4Addr, renewals: u32) -> Lease {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         Lease {
             address: f.address,
             prefix: f.prefix,
@@ -516,10 +524,10 @@ impl Client {
             lease_secs: f.lease_secs,
             renew_secs: f.renew_secs,
             rebind_secs: f.rebind_secs,
-            acquired_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            acquired_unix: now,
+            renew_unix: now + u64::from(f.renew_secs),
+            rebind_unix: now + u64::from(f.rebind_secs),
+            expires_unix: now + u64::from(f.lease_secs),
             renewals,
             acquired: Instant::now(),
         }

@@ -50,6 +50,10 @@ async fn dhcp_lease_is_bound_renewed_rebound_and_released() {
     assert_eq!(s["lease"]["server"], "10.99.0.1");
     assert_eq!(s["lease"]["lease_secs"], 120);
     assert_eq!(s["lease"]["renew_secs"], 3);
+    let at = |k: &str| s["lease"][k].as_u64().unwrap();
+    assert_eq!(at("expires_unix") - at("acquired_unix"), 120);
+    assert_eq!(at("renew_unix") - at("acquired_unix"), 3);
+    assert_eq!(at("rebind_unix") - at("acquired_unix"), 6);
     // zn0 carries the NIC's MAC and the NIC is its port.
     let ifs = s["interfaces"].as_array().unwrap();
     let zn0 = ifs.iter().find(|l| l["name"] == "zn0").unwrap();
