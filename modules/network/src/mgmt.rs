@@ -271,7 +271,10 @@ pub async fn apply_static(
         s.configured_after_ms.get_or_insert(ms);
     }
     let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-    println!("network: {MGMT_BRIDGE} static {client}/{prefix}{via} in {ms} ms");
+    println!(
+        "network: {MGMT_BRIDGE} static {client}/{prefix}{via} in {ms} ms, at {} ms since boot",
+        zeronode_types::clock::since_boot_ms()
+    );
     Ok(())
 }
 
@@ -383,8 +386,10 @@ pub async fn run_dhcp(
                         .map(|g| format!(" via {g}"))
                         .unwrap_or_default();
                     println!(
-                        "network: {MGMT_BRIDGE} bound {}/{}{via} in {ms} ms",
-                        lease.address, lease.prefix
+                        "network: {MGMT_BRIDGE} bound {}/{}{via} in {ms} ms, at {} ms since boot",
+                        lease.address,
+                        lease.prefix,
+                        zeronode_types::clock::since_boot_ms()
                     );
                     first = false;
                 }
