@@ -513,6 +513,11 @@ impl Ledger {
 
     fn open_inner(dir: &Path, signer: Option<Arc<dyn Signer>>, opts: Options) -> Result<Ledger> {
         let (env, dbs) = open_env(dir, &opts)?;
+        // Reader slots of a process killed mid-read would pin old pages.
+        let stale = env.clear_stale_readers()?;
+        if stale > 0 {
+            tracing::info!("ledger: cleared {stale} stale reader slots");
+        }
         let mut wtxn = env.write_txn()?;
         let stored = dbs.meta.get(&wtxn, META_PUBLIC_KEY)?.map(<[u8]>::to_vec);
         let public_key: [u8; 32] = match (&stored, &signer) {
