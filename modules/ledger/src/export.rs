@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use heed::PutFlags;
 
 use crate::entry::{self, Hash, ENCODING_VERSION, MAX_PAYLOAD};
@@ -180,7 +180,7 @@ pub fn check_export(file: &Path) -> Result<ExportHeader> {
     let mut record = Vec::new();
     let mut prev = [0u8; 32];
     let mut frontier = Frontier::default();
-    let mut pending: Vec<(u64, Hash, Signature)> = Vec::with_capacity(64);
+    let mut pending: Vec<(u64, Hash, [u8; 64])> = Vec::with_capacity(64);
     for seq in 0..count {
         read_record(&mut r, &mut record).map_err(|e| bad(format!("entry {seq}: {e}")))?;
         let (body, sig) =
@@ -197,7 +197,7 @@ pub fn check_export(file: &Path) -> Result<ExportHeader> {
         }
         let hash = entry::body_hash(body);
         frontier.push(&hash, |_, _, _| Ok::<(), ()>(())).ok();
-        pending.push((seq, hash, Signature::from_bytes(sig)));
+        pending.push((seq, hash, *sig));
         if pending.len() == 64 {
             if let Some(b) = check_signatures(&key, &pending) {
                 return Err(bad(format!("entry {}: signature does not verify", b.seq)));

@@ -11,6 +11,7 @@
 //! - [`export`], the portable file
 //! - [`dbus`], `org.zeronode.Ledger1`
 
+pub mod batch;
 pub mod dbus;
 pub mod entry;
 pub mod export;

@@ -16,7 +16,7 @@ use crate::store::{entry_count, tree_key, Dbs, Ledger, LedgerError, Result};
 use crate::verifier;
 
 /// Signatures checked together.
-const SIG_BATCH: usize = 64;
+const SIG_BATCH: usize = 256;
 
 /// Why an entry is broken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +196,7 @@ fn verify_slice(
         bytes: 0,
         brk: None,
     };
-    let mut pending: Vec<(u64, Hash, Signature)> = Vec::with_capacity(SIG_BATCH);
+    let mut pending: Vec<(u64, Hash, [u8; 64])> = Vec::with_capacity(SIG_BATCH);
     let mut expected = start;
     let mut prev: Option<Hash> = None;
     let (from, to) = (start.to_be_bytes(), end.to_be_bytes());
@@ -274,7 +274,7 @@ fn check_entry(
     seq: u64,
     record: &[u8],
     prev: Option<&Hash>,
-) -> Result<(Hash, Signature, Hash), BreakReason> {
+) -> Result<(Hash, [u8; 64], Hash), BreakReason> {
     let decode = |e: entry::DecodeError| BreakReason::Decode(e.to_string());
     let (body, sig) = entry::split_record(record).map_err(decode)?;
     let (header, _, _) = entry::decode_body(body).map_err(decode)?;
@@ -290,7 +290,7 @@ fn check_entry(
     }
     let hash = entry::body_hash(body);
     check_tree(rtxn, dbs, seq, &hash)?;
-    Ok((hash, Signature::from_bytes(sig), header.prev))
+    Ok((hash, *sig, header.prev))
 }
 
 /// The leaf of `seq` and every subtree it completes must be stored as the
@@ -328,15 +328,13 @@ fn check_tree(rtxn: &heed::RoTxn, dbs: &Dbs, seq: u64, hash: &Hash) -> Result<()
 /// The first entry in `pending` whose signature fails, if any.
 pub(crate) fn check_signatures(
     key: &VerifyingKey,
-    pending: &[(u64, Hash, Signature)],
+    pending: &[(u64, Hash, [u8; 64])],
 ) -> Option<Break> {
     if pending.is_empty() {
         return None;
     }
-    let msgs: Vec<&[u8]> = pending.iter().map(|(_, h, _)| &h[..]).collect();
-    let sigs: Vec<Signature> = pending.iter().map(|(_, _, s)| *s).collect();
-    let keys = vec![*key; pending.len()];
-    if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
+    let items: Vec<(&[u8], &[u8; 64])> = pending.iter().map(|(_, h, s)| (&h[..], s)).collect();
+    if crate::batch::verify_same_key(key.as_bytes(), &items) {
         return None;
     }
     // The batch only says that one failed: find the first one by one.
@@ -344,7 +342,7 @@ pub(crate) fn check_signatures(
     // blame its first entry rather than pass it.
     let first = pending
         .iter()
-        .find(|(_, h, s)| key.verify_strict(h, s).is_err())
+        .find(|(_, h, s)| key.verify_strict(h, &Signature::from_bytes(s)).is_err())
         .unwrap_or(&pending[0]);
     Some(Break {
         seq: first.0,
