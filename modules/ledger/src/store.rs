@@ -851,8 +851,15 @@ impl Ledger {
             }
             Scan::Time { from_ms, to_ms } => {
                 // Time never decreases along the chain, so the time index
-                // in key order is also seq order: a cursor by seq works.
-                let from = index::time_key(*from_ms, 0);
+                // in key order is also seq order: a cursor by seq works,
+                // and a page starts right at the cursor entry's time.
+                let cursor_time = match dbs.entries.get(&rtxn, &first.to_be_bytes())? {
+                    Some(r) if after.is_some() => entry::split_record(r)
+                        .and_then(|(body, _)| entry::decode_header(body))
+                        .map_or(0, |h| h.time_ms),
+                    _ => 0,
+                };
+                let from = index::time_key((*from_ms).max(cursor_time), first);
                 for item in dbs.time.range(&rtxn, &from_key(&from))? {
                     let (k, _) = item?;
                     let t = u64_of(&k[..8.min(k.len())], "time key")?;

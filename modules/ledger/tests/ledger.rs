@@ -243,6 +243,21 @@ fn queries_follow_the_indexes() {
         }
     }
     assert_eq!(seen, (0..7).collect::<Vec<_>>());
+    let mut seen: Vec<u64> = Vec::new();
+    let mut after = None;
+    let all_time = Scan::Time {
+        from_ms: 0,
+        to_ms: u64::MAX,
+    };
+    loop {
+        let page = l.scan(&all_time, after, 2).unwrap();
+        seen.extend(&page.seqs);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..7).collect::<Vec<_>>());
     let p = l.scan(&Scan::Owner("alice".into()), Some(0), 2).unwrap();
     assert_eq!((p.seqs, p.next), (vec![2, 4], Some(4)));
     let e: Vec<Entry> = l.entries(&[6]).unwrap();
