@@ -62,6 +62,15 @@ impl Identity {
     fn sign(&self, message: Vec<u8>) -> Vec<u8> {
         self.key.sign(&message).to_bytes().to_vec()
     }
+
+    /// One signature a message, in order: one round trip for a batch (the
+    /// ledger signs a whole group commit at once).
+    fn sign_batch(&self, messages: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        messages
+            .iter()
+            .map(|m| self.key.sign(m).to_bytes().to_vec())
+            .collect()
+    }
 }
 
 #[zbus::proxy(
@@ -72,6 +81,7 @@ impl Identity {
 pub trait Identity1 {
     fn info(&self) -> zbus::Result<Info>;
     fn sign(&self, message: &[u8]) -> zbus::Result<Vec<u8>>;
+    fn sign_batch(&self, messages: &[Vec<u8>]) -> zbus::Result<Vec<Vec<u8>>>;
 }
 
 /// Parses `Info::public_key` back into a key a verifier can use.
@@ -117,6 +127,16 @@ mod tests {
         let sig = Signature::from_slice(&sig).unwrap();
         public.verify(b"entry hash", &sig).unwrap();
         assert!(public.verify(b"other", &sig).is_err());
+        let batch = proxy
+            .sign_batch(&[b"one".to_vec(), b"two".to_vec()])
+            .await
+            .unwrap();
+        assert_eq!(batch.len(), 2);
+        for (m, s) in [&b"one"[..], b"two"].iter().zip(&batch) {
+            public
+                .verify(m, &Signature::from_slice(s).unwrap())
+                .unwrap();
+        }
         server.abort();
     }
 }

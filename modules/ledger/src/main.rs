@@ -4,16 +4,19 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use zeronode_identity::service::Identity1Proxy;
 use zeronode_ledger::dbus::{LedgerService, OBJECT_PATH};
+use zeronode_ledger::signer::{SignError, Signer};
 use zeronode_ledger::{KeySigner, Ledger, Options};
 
 #[derive(Parser)]
 #[command(version, about = "The node's append-only, signed ledger (BCDB)")]
 struct Cli {
-    /// Directory holding the ledger's LMDB files.
-    #[arg(long, default_value = "/var/lib/zeronode/ledger")]
+    /// Directory holding the ledger's LMDB files (on a node: in the
+    /// persistent node cache).
+    #[arg(long, default_value = "/var/cache/zeronode/ledger")]
     dir: PathBuf,
     /// Largest size the ledger may grow to, in MiB (address space).
     #[arg(long, default_value_t = 65536)]
@@ -23,10 +26,14 @@ struct Cli {
     /// Socket to serve on (for `serve`, the default command).
     #[arg(long, default_value = "/run/zeronode/ledger.sock")]
     socket: PathBuf,
-    /// The node's ed25519 key (32-byte seed, raw or 64 hex digits). Until
-    /// the identity module signs over D-Bus, the ledger signs with this.
+    /// Sign with this ed25519 key (32-byte seed, raw or 64 hex digits)
+    /// instead of asking the identity module: for tests and off-node use.
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// The identity module's socket: on a node the ledger signs through it
+    /// and never sees the node key.
+    #[arg(long, default_value = "/run/zeronode/identity.sock")]
+    identity_socket: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -42,13 +49,7 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    zeronode_types::logging::init();
     match run(Cli::parse()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -59,22 +60,16 @@ fn main() {
     }
 }
 
-fn run(cli: Cli) -> Result<i32> {
+fn run(mut cli: Cli) -> Result<i32> {
     let opts = Options {
         map_size: cli
             .map_size_mib
             .checked_mul(1 << 20)
             .context("--map-size-mib is too large")?,
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    match cli.command.take().unwrap_or(Command::Serve) {
         Command::Serve => {
-            let Some(key_file) = cli.key_file else {
-                bail!("serve needs --key-file (the node key, until identity signs over D-Bus)");
-            };
-            let signer = KeySigner::from_file(&key_file)?;
-            let ledger = Ledger::open(&cli.dir, Arc::new(signer), opts)
-                .with_context(|| format!("opening the ledger in {}", cli.dir.display()))?;
-            serve(ledger, cli.socket)?;
+            serve(&cli, opts)?;
             Ok(0)
         }
         Command::Verify => {
@@ -119,11 +114,29 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn serve(ledger: Ledger, socket: PathBuf) -> Result<()> {
+fn serve(cli: &Cli, opts: Options) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let signer: Arc<dyn Signer> = match &cli.key_file {
+        Some(key_file) => Arc::new(KeySigner::from_file(key_file)?),
+        None => Arc::new(
+            rt.block_on(IdentitySigner::connect(
+                &cli.identity_socket,
+                rt.handle().clone(),
+            ))
+            .with_context(|| {
+                format!(
+                    "asking the identity module on {} for the node key",
+                    cli.identity_socket.display()
+                )
+            })?,
+        ),
+    };
+    let ledger = Ledger::open(&cli.dir, signer, opts)
+        .with_context(|| format!("opening the ledger in {}", cli.dir.display()))?;
+    let socket = cli.socket.clone();
     rt.block_on(async move {
         let server = zeronode_types::bus::serve(&socket, OBJECT_PATH, LedgerService::new(ledger))
             .with_context(|| format!("listening on {}", socket.display()))?;
@@ -143,4 +156,65 @@ fn serve(ledger: Ledger, socket: PathBuf) -> Result<()> {
     // Appends in flight were answered or refused; dropping the ledger
     // drains the writer and closes LMDB.
     Ok(())
+}
+
+/// Signs through the identity module (`org.zeronode.Identity1`), one
+/// round trip a group commit. The ledger's writer is a plain thread, so it
+/// waits on the runtime that serves D-Bus.
+struct IdentitySigner {
+    rt: tokio::runtime::Handle,
+    proxy: Identity1Proxy<'static>,
+    public_key: [u8; 32],
+}
+
+impl IdentitySigner {
+    async fn connect(socket: &std::path::Path, rt: tokio::runtime::Handle) -> Result<Self> {
+        let conn = zeronode_types::bus::connect(socket).await?;
+        let proxy = Identity1Proxy::new(&conn).await?;
+        let info = proxy.info().await?;
+        let public_key = zeronode_identity::service::parse_public_key(&info.public_key)
+            .with_context(|| format!("identity answered a bad public key {:?}", info.public_key))?
+            .to_bytes();
+        Ok(IdentitySigner {
+            rt,
+            proxy,
+            public_key,
+        })
+    }
+}
+
+impl Signer for IdentitySigner {
+    fn public_key(&self) -> [u8; 32] {
+        self.public_key
+    }
+
+    fn sign(&self, hash: &[u8; 32]) -> Result<[u8; 64], SignError> {
+        self.sign_batch(std::slice::from_ref(hash))
+            .map(|mut v| v.remove(0))
+    }
+
+    fn sign_batch(&self, hashes: &[[u8; 32]]) -> Result<Vec<[u8; 64]>, SignError> {
+        let messages: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
+        let sigs = self
+            .rt
+            .block_on(self.proxy.sign_batch(&messages))
+            .map_err(|e| SignError(format!("identity module: {e}")))?;
+        if sigs.len() != hashes.len() {
+            return Err(SignError(format!(
+                "identity module answered {} signatures for {} hashes",
+                sigs.len(),
+                hashes.len()
+            )));
+        }
+        sigs.into_iter()
+            .map(|s| {
+                <[u8; 64]>::try_from(s.as_slice()).map_err(|_| {
+                    SignError(format!(
+                        "identity module answered a {}-byte signature",
+                        s.len()
+                    ))
+                })
+            })
+            .collect()
+    }
 }

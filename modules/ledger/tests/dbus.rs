@@ -218,16 +218,77 @@ async fn the_binary_serves_and_stops_on_sigterm() {
         .unwrap();
     assert!(st.success());
 
-    // Bad config: a clear error and a non-zero exit.
+    // No key file and no identity module: a clear error and a non-zero exit.
     let out = std::process::Command::new(bin)
         .arg("--dir")
         .arg(dir.path().join("other"))
         .arg("--socket")
         .arg(&sock)
+        .arg("--identity-socket")
+        .arg(dir.path().join("no-identity.sock"))
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--key-file"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("identity module") && err.contains("no-identity.sock"),
+        "{err}"
+    );
+    assert!(!dir.path().join("other").exists(), "nothing written");
+}
+
+/// On a node the ledger never holds the key: it signs through the identity
+/// module, and what it signs verifies under the node's public key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_signs_through_the_identity_module() {
+    use zeronode_identity::service::{Identity, Identity1Proxy, OBJECT_PATH as IDENTITY_PATH};
+    let dir = tempfile::tempdir().unwrap();
+    let key = zeronode_identity::NodeKey::load_or_create(&dir.path().join("keys")).unwrap();
+    let node_key = key.verifying_key().to_bytes();
+    let id_sock = dir.path().join("identity.sock");
+    let identity = bus::serve(&id_sock, IDENTITY_PATH, Identity::new(key, None, None)).unwrap();
+    let sock = dir.path().join("ledger.sock");
+    let db = dir.path().join("db");
+    let mut daemon = Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_zeronode-ledger"))
+            .arg("--dir")
+            .arg(&db)
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--identity-socket")
+            .arg(&id_sock)
+            .spawn()
+            .unwrap(),
+    );
+    let mut waited = 0;
+    while !sock.exists() {
+        assert!(waited < 200, "no socket after 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    {
+        let conn = bus::connect(&sock).await.unwrap();
+        let proxy = Ledger1Proxy::new(&conn).await.unwrap();
+        exercise(&proxy).await;
+        assert_eq!(proxy.public_key().await.unwrap(), node_key.to_vec());
+        let id_conn = bus::connect(&id_sock).await.unwrap();
+        let info = Identity1Proxy::new(&id_conn)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap();
+        assert_eq!(
+            info.public_key,
+            node_key
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+    }
+    nix_kill(daemon.0.id());
+    assert!(daemon.0.wait().unwrap().success());
+    identity.abort();
 }
 
 fn nix_kill(pid: u32) {
