@@ -8,10 +8,13 @@
 # tests make pools on loop devices), e2fsprogs and util-linux (the tests'
 # foreign ext4 disks, losetup, mount); redis-server and redis-tools (the
 # objects tests' backends, the shard store's redis-cli tests and its
-# benchmark against redis).
+# benchmark against redis); nftables (nft ships in the image for workload
+# NAT), dnsmasq-base, iproute2 and iputils-ping (the network tests' DHCP
+# server, namespaces and reachability checks).
 ZN_APT_PACKAGES=(musl-tools protobuf-compiler qemu-system-x86 qemu-utils ovmf ipxe-qemu
   systemd-boot-efi squashfs-tools binutils kmod fdisk cpio git python3 ca-certificates
-  btrfs-progs e2fsprogs util-linux redis-server redis-tools)
+  btrfs-progs e2fsprogs util-linux redis-server redis-tools
+  nftables dnsmasq-base iproute2 iputils-ping)
 
 zn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
