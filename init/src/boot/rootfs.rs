@@ -108,11 +108,26 @@ pub fn verify(path: &Path, cfg: &BootConfig) -> Result<(), RootError> {
 /// its /sbin/init. Returns only on failure.
 pub fn enter_system_image(cfg: &BootConfig) -> RootError {
     let t = std::time::Instant::now();
-    let steps = prepare()
-        .inspect(|()| tracing::debug!("stage 1 modules in {} ms", t.elapsed().as_millis()))
-        .and_then(|()| verify(Path::new(SYSTEM_IMAGE), cfg))
-        .inspect(|()| tracing::debug!("system image verified after {} ms", t.elapsed().as_millis()))
-        .and_then(|()| switch());
+    // Hashing the image and loading the modules that mount it are
+    // independent and each leaves the CPUs idle part of the time (module
+    // loading waits in the kernel), so they overlap.
+    let (verified, prepared) = std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| {
+            let r = verify(Path::new(SYSTEM_IMAGE), cfg);
+            tracing::debug!("system image hashed in {} ms", t.elapsed().as_millis());
+            r
+        });
+        let prepared = prepare();
+        tracing::debug!("stage 1 modules in {} ms", t.elapsed().as_millis());
+        let verified = hashing.join().unwrap_or_else(|_| {
+            Err(RootError::Read {
+                path: SYSTEM_IMAGE.into(),
+                source: io::Error::other("the hashing thread panicked"),
+            })
+        });
+        (verified, prepared)
+    });
+    let steps = verified.and(prepared).and_then(|()| switch());
     match steps {
         Ok(never) => match never {},
         Err(e) => e,
@@ -122,7 +137,9 @@ pub fn enter_system_image(cfg: &BootConfig) -> RootError {
 fn prepare() -> Result<(), RootError> {
     let release = nix::sys::utsname::uname().map_err(sys("uname"))?;
     let dir = Path::new("/lib/modules").join(release.release());
-    let mut loader = kmod::Loader::new(kmod::ModuleIndex::load(&dir)?);
+    // async_probe also spares each module's init a wait for every pending
+    // asynchronous probe in the system (async_synchronize_full).
+    let mut loader = kmod::Loader::new(kmod::ModuleIndex::load(&dir)?).with_async_probe();
     let list = std::fs::read_to_string("/etc/zeronode/modules-load").unwrap_or_default();
     let mut report = kmod::LoadReport::default();
     loader.load_many(kmod::parse_load_list(&list), &mut report);

@@ -391,7 +391,18 @@ fn parse_health(
         }
     };
     let interval = ms("health.interval_ms", h.interval_ms, 1000)?;
-    let start_interval = ms("health.start_interval_ms", h.start_interval_ms, 100)?;
+    // Until the first pass a socket check is a connect(2) that costs
+    // microseconds, so it polls often: every poll interval is boot time a
+    // dependent service waits for nothing. A command check forks a process.
+    let default_start = match probe {
+        Probe::Command(_) => 100,
+        Probe::Unix(_) | Probe::Tcp(_) => 10,
+    };
+    let start_interval = ms(
+        "health.start_interval_ms",
+        h.start_interval_ms,
+        default_start,
+    )?;
     let timeout = ms("health.timeout_ms", h.timeout_ms, 1000)?;
     let retries = h.retries.unwrap_or(3);
     if retries == 0 {
