@@ -240,6 +240,21 @@ impl Node {
         }
     }
 
+    /// Like `wait_for_line`, but a line printed at any time so far counts
+    /// too: for what may come before or after the ready line (a module's
+    /// background work, a DHCP lease).
+    pub fn find_or_wait_for_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, NodeError> {
+        if let Some(line) = self.console().lines().find(|l| pred(l)) {
+            return Ok(line.to_string());
+        }
+        self.wait_for_line(what, timeout, pred)
+    }
+
     /// Waits for `zeronode: ready in N ms` and returns N.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<u64, NodeError> {
         let line = self.wait_for_line("the ready line", timeout, |l| ready_ms(l).is_some())?;

@@ -15,7 +15,7 @@ pub fn direct_boot_ready_then_power_button() -> Check {
     let ms = node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     ensure(ms > 0, || "ready in 0 ms".into())?;
     // The fixed module list loads beside the supervisor: wait for its report.
-    node.wait_for_line("the fixed module list", Duration::from_secs(60), |l| {
+    node.find_or_wait_for_line("the fixed module list", Duration::from_secs(60), |l| {
         l.contains("fixed module list:")
     })
     .map_err(|e| e.to_string())?;

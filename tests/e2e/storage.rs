@@ -1,5 +1,6 @@
 //! Disks at boot: blank disks become pools, pools and the node key survive
-//! a reboot with their data, a disk holding anything else is never written.
+//! a reboot with their data, a disk holding anything else is never written;
+//! the management bridge gets QEMU's DHCP lease on the way.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,6 +62,17 @@ fn boot_and_read(o: &NodeOptions) -> Result<(Node, Boot1), String> {
             console,
         },
     ))
+}
+
+/// Waits for the lease QEMU's user network hands out (10.0.2.15), as the
+/// network module reports it; it may come before or after the ready line.
+fn wait_for_lease(node: &mut Node) -> Result<String, String> {
+    node.find_or_wait_for_line(
+        "the DHCP lease (network: zn0 bound 10.0.2.15/...)",
+        Duration::from_secs(60),
+        |l| l.contains("network: zn0 bound 10.0.2.15/"),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Powers off through ACPI and waits for a clean end.
@@ -134,7 +146,16 @@ pub fn pools_and_node_id_survive_a_reboot() -> Check {
         blank_disk(d, 1024)?;
     }
     let o = node_with(&disks, None);
-    let (node, first) = boot_and_read(&o)?;
+    let (mut node, first) = boot_and_read(&o)?;
+    let lease = wait_for_lease(&mut node)?;
+    eprintln!("    {}", lease.trim());
+    for l in first
+        .console
+        .lines()
+        .filter(|l| l.contains("mounted, cache on"))
+    {
+        eprintln!("    {}", l.trim());
+    }
     power_off(node)?;
     let mut formatted = first.formatted.clone();
     formatted.sort();
