@@ -168,6 +168,17 @@ pub fn qemu_command(opts: &NodeOptions, dir: &Path, serial: Serial) -> Result<Co
         }
     }
     cmd.args(["-netdev", &netdev, "-device", &nic]);
+    for (i, u) in opts.udp_nics.iter().enumerate() {
+        cmd.args([
+            "-netdev",
+            &format!(
+                "socket,id=u{i},udp=127.0.0.1:{},localaddr=127.0.0.1:{}",
+                u.peer_port, u.qemu_port
+            ),
+            "-device",
+            &format!("virtio-net-pci,netdev=u{i},mac={}", u.mac),
+        ]);
+    }
     // Entropy from the host, as clouds give it: without it the guest's
     // getrandom(2) blocks for seconds under TCG (no RDRAND in the emulated
     // CPU) until jitter seeds the kernel's CRNG, and the node key waits.

@@ -10,5 +10,5 @@ pub mod qmp;
 
 pub use command::{Accel, Boot, GUEST_API_PORT};
 pub use console::Console;
-pub use node::{ready_ms, Node, NodeError, NodeOptions};
+pub use node::{ready_ms, Node, NodeError, NodeOptions, UdpNic};
 pub use qmp::QmpError;

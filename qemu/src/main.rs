@@ -82,6 +82,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         initrd: a.initrd,
         console: to_file.then(|| PathBuf::from(&a.console)),
         echo: !to_file,
+        udp_nics: Vec::new(),
     };
     let started = Instant::now();
     if let Some(secs) = a.wait_ready {

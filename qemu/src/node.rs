@@ -41,6 +41,19 @@ pub struct NodeOptions {
     pub console: Option<PathBuf>,
     /// Print console lines on stdout as they are read.
     pub echo: bool,
+    /// Extra NICs whose wire is a UDP socket on loopback: a test plays the
+    /// network on the other end (e.g. a misbehaving DHCP server).
+    pub udp_nics: Vec<UdpNic>,
+}
+
+/// A virtio NIC whose Ethernet frames QEMU sends, one per datagram, to
+/// 127.0.0.1:`peer_port` and receives on 127.0.0.1:`qemu_port`.
+#[derive(Debug, Clone)]
+pub struct UdpNic {
+    /// `52:54:00:..`, so the test can name it in `zeronode.mgmt=`.
+    pub mac: String,
+    pub peer_port: u16,
+    pub qemu_port: u16,
 }
 
 impl NodeOptions {
@@ -59,6 +72,7 @@ impl NodeOptions {
             initrd: None,
             console: None,
             echo: false,
+            udp_nics: Vec::new(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Boots the built image (scripts/build-image) in QEMU under TCG and checks
 //! what a person at the console would. One file a concern: power.rs (boot
-//! paths, power, the console tool), storage.rs (disks, pools, node id).
+//! paths, power, the console tool), storage.rs (disks, pools, node id),
+//! network.rs (the management network against a bad DHCP server).
 
+mod network;
 mod power;
 mod storage;
 
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 pub use zeronode_e2e::image_dir;
 use zeronode_qemu::{Boot, Node, NodeOptions};
 
+use network::*;
 use power::*;
 use storage::*;
 
@@ -39,7 +42,7 @@ pub fn ensure(cond: bool, what: impl FnOnce() -> String) -> Check {
 
 fn main() {
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
         (
             "direct_boot_ready_then_power_button",
             direct_boot_ready_then_power_button,
@@ -64,6 +67,7 @@ fn main() {
             foreign_disk_is_left_untouched,
         ),
         ("bad_boot_input_is_reported", bad_boot_input_is_reported),
+        ("dhcp_garbage_is_reported", dhcp_garbage_is_reported),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, case) in cases {
