@@ -236,3 +236,36 @@ pub fn value_for(key: &str, len: usize) -> Vec<u8> {
     reader.fill(&mut out);
     out
 }
+
+/// Every key and value of the connection's namespace, through SCAN and GET.
+pub fn dump(r: &mut Raw) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut all = std::collections::BTreeMap::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let reply = match &cursor {
+            None => r.cmd(&[b"SCAN"]),
+            Some(c) => r.cmd(&[b"SCAN", c]),
+        };
+        let parts = match reply {
+            Reply::Error(e) if e == "No more data" => break,
+            Reply::Array(parts) => parts,
+            other => panic!("SCAN: {other:?}"),
+        };
+        let Reply::Array(entries) = &parts[1] else {
+            panic!("{parts:?}")
+        };
+        for e in entries {
+            let Reply::Array(f) = e else { panic!() };
+            let key = f[0].bulk().unwrap().to_vec();
+            let value = r
+                .cmd(&[b"GET", &key])
+                .bulk()
+                .expect("scanned key readable")
+                .to_vec();
+            assert_eq!(f[1], Reply::Int(value.len() as i64));
+            all.insert(key, value);
+        }
+        cursor = Some(parts[0].bulk().unwrap().to_vec());
+    }
+    all
+}
