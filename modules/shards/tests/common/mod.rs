@@ -124,6 +124,28 @@ impl Raw {
         }
     }
 
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// One reply, or None when the connection failed or closed.
+    pub fn try_reply(&mut self) -> Option<Reply> {
+        loop {
+            if let Some((r, used)) = parse_reply(&self.buf) {
+                self.buf.drain(..used);
+                return Some(r);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
     pub fn send(&mut self, args: &[&[u8]]) {
         self.stream.write_all(&encode(args)).unwrap();
     }
