@@ -32,6 +32,15 @@ impl Proc {
     }
 
     pub fn start_with(dir: &Path, extra: &[&str], admin: bool) -> Proc {
+        Self::spawn(dir, extra, admin, None)
+    }
+
+    /// With every log line (RUST_LOG=debug) in `log`.
+    pub fn start_logged(dir: &Path, extra: &[&str], log: &Path) -> Proc {
+        Self::spawn(dir, extra, false, Some(log))
+    }
+
+    fn spawn(dir: &Path, extra: &[&str], admin: bool, log: Option<&Path>) -> Proc {
         let addr = format!("127.0.0.1:{}", free_port());
         let socket = dir.join("shards.sock");
         let mut cmd = Command::new(BIN);
@@ -41,9 +50,16 @@ impl Proc {
             .arg("--socket")
             .arg(&socket)
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::null());
+        match log {
+            Some(path) => {
+                cmd.env("RUST_LOG", "debug")
+                    .stderr(std::fs::File::create(path).unwrap());
+            }
+            None => {
+                cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit());
+            }
+        }
         if admin {
             std::fs::write(dir.join("admin"), "adminpw\n").unwrap();
             cmd.arg("--admin-password-file").arg(dir.join("admin"));
