@@ -600,22 +600,7 @@ impl Namespace {
 
     /// Writes the pending records (one write for all of them).
     fn write_pending(&self, s: &mut State) -> Result<()> {
-        if s.pending.is_empty() {
-            return Ok(());
-        }
-        if let Err(e) = s.active_file.write_all_at(&s.pending, s.active_len) {
-            s.poisoned = true;
-            tracing::error!(namespace = %self.name, "write failed, namespace stops serving: {e}");
-            return Err(Error::io(format!("writing namespace {}", self.name), e));
-        }
-        let n = s.pending.len() as u64;
-        s.active_len += n;
-        s.written += n;
-        s.pending.clear();
-        if s.pending.capacity() > 4 << 20 {
-            s.pending.shrink_to(64 << 10);
-        }
-        Ok(())
+        write_pending(&self.name, s)
     }
 
     /// Closes the active file (synced) and starts a new one.
@@ -1132,6 +1117,29 @@ impl Drop for Namespace {
     }
 }
 
+/// Hands the pending records to the kernel in one write.
+fn write_pending(name: &str, s: &mut State) -> Result<()> {
+    if s.pending.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = s.active_file.write_all_at(&s.pending, s.active_len) {
+        s.poisoned = true;
+        tracing::error!(
+            namespace = name,
+            "write failed, namespace stops serving: {e}"
+        );
+        return Err(Error::io(format!("writing namespace {name}"), e));
+    }
+    let n = s.pending.len() as u64;
+    s.active_len += n;
+    s.written += n;
+    s.pending.clear();
+    if s.pending.capacity() > 4 << 20 {
+        s.pending.shrink_to(64 << 10);
+    }
+    Ok(())
+}
+
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     let json = serde_json::to_vec(m).map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
     write_atomic(&dir.join("MANIFEST"), &json)
@@ -1407,8 +1415,14 @@ fn sync_loop(name: &str, state: &Mutex<State>, sync: &SyncShared) {
             }
             r.stop
         };
+        // Under `always` connections leave their records pending: the
+        // write happens here, one for the whole group, then one sync.
         let (lsn, file) = {
-            let s = lock(state);
+            let mut s = lock(state);
+            if write_pending(name, &mut s).is_err() {
+                sync.synced.send_modify(|s| s.failed = true);
+                return;
+            }
             (s.written, s.active_file.clone())
         };
         if lsn > synced {

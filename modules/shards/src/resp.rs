@@ -238,16 +238,15 @@ pub mod reply {
         out.extend_from_slice(b"\r\n");
     }
 
+    use std::io::Write;
+
     pub fn integer(out: &mut Vec<u8>, v: i64) {
-        out.push(b':');
-        out.extend_from_slice(v.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, ":{v}\r\n");
     }
 
     pub fn bulk_header(out: &mut Vec<u8>, len: usize) {
-        out.push(b'$');
-        out.extend_from_slice(len.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, "${len}\r\n");
     }
 
     pub fn bulk(out: &mut Vec<u8>, data: &[u8]) {
@@ -261,9 +260,7 @@ pub mod reply {
     }
 
     pub fn array(out: &mut Vec<u8>, len: usize) {
-        out.push(b'*');
-        out.extend_from_slice(len.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, "*{len}\r\n");
     }
 }
 
