@@ -18,7 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -221,6 +221,8 @@ pub struct Stats {
     /// Bytes in the data files (live, dead and headers).
     pub disk_bytes: u64,
     pub files: usize,
+    /// fdatasync calls of the log since open.
+    pub syncs: u64,
 }
 
 /// What a SET did.
@@ -231,13 +233,6 @@ pub enum SetOutcome {
     Stored { key: Vec<u8>, lsn: u64 },
     /// The same value was stored already: nothing written (0-db answers nil).
     Unchanged,
-}
-
-/// The sync thread's progress: everything below `lsn` is on disk.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Synced {
-    pub lsn: u64,
-    pub failed: bool,
 }
 
 struct State {
@@ -264,15 +259,18 @@ struct State {
     snapshot_written: u64,
 }
 
+/// Sync state shared by the committers and the background thread.
 struct SyncShared {
-    req: Mutex<SyncReq>,
+    /// Everything below this log position is on disk.
+    synced: AtomicU64,
+    /// fdatasync calls made (NSINFO shows them: group commit at work).
+    syncs: AtomicU64,
+    failed: AtomicBool,
+    /// One sync at a time; a committer that waited for it usually finds
+    /// its records covered and returns without syncing.
+    leader: Mutex<()>,
+    stop: Mutex<bool>,
     cv: Condvar,
-    synced: tokio::sync::watch::Sender<Synced>,
-}
-
-struct SyncReq {
-    wanted: u64,
-    stop: bool,
 }
 
 pub struct Namespace {
@@ -494,14 +492,13 @@ impl Namespace {
             "namespace opened"
         );
 
-        let (tx, _) = tokio::sync::watch::channel(Synced::default());
         let sync = Arc::new(SyncShared {
-            req: Mutex::new(SyncReq {
-                wanted: 0,
-                stop: false,
-            }),
+            synced: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            leader: Mutex::new(()),
+            stop: Mutex::new(false),
             cv: Condvar::new(),
-            synced: tx,
         });
         let state = Arc::new(Mutex::new(state));
         let thread = {
@@ -778,6 +775,7 @@ impl Namespace {
             data_bytes: s.live_payload,
             disk_bytes: s.disk_bytes,
             files: s.files.len(),
+            syncs: self.sync.syncs.load(Ordering::Relaxed),
         }
     }
 
@@ -843,38 +841,46 @@ impl Namespace {
         Ok(s.written)
     }
 
-    /// Waits until the log is synced up to `lsn` (group commit: the sync
-    /// thread syncs once for every waiter that arrived meanwhile).
-    pub async fn wait_synced(&self, lsn: u64) -> Result<()> {
-        let mut rx = self.sync.synced.subscribe();
-        if rx.borrow().lsn >= lsn {
+    /// Makes the log durable up to `lsn`: group commit. The first caller
+    /// writes everything pending (its own records and those every other
+    /// connection appended meanwhile) with one write and syncs once; callers
+    /// whose records that covered return at once. It blocks the calling
+    /// thread for one fdatasync, as redis's event loop does under
+    /// appendfsync always, which avoids two thread hand-offs per group.
+    pub fn sync_to(&self, lsn: u64) -> Result<()> {
+        if self.sync.synced.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
-        {
-            let mut r = lock(&self.sync.req);
-            if r.wanted < lsn {
-                r.wanted = lsn;
-                self.sync.cv.notify_one();
-            }
+        let _leader = lock(&self.sync.leader);
+        if self.sync.failed.load(Ordering::Acquire) {
+            return Err(Error::Poisoned(self.name.clone()));
         }
-        let result = rx.wait_for(|s| s.lsn >= lsn || s.failed).await;
-        match result {
-            Ok(s) if !s.failed => Ok(()),
-            _ => Err(Error::Poisoned(self.name.clone())),
+        if self.sync.synced.load(Ordering::Acquire) >= lsn {
+            return Ok(());
         }
-    }
-
-    /// Flushes and syncs everything now.
-    pub fn sync_now(&self) -> Result<()> {
-        let (file, lsn) = {
+        let (file, written) = {
             let mut s = lock(&self.state);
             self.write_pending(&mut s)?;
             (s.active_file.clone(), s.written)
         };
-        file.sync_data()
-            .map_err(|e| Error::io(format!("syncing namespace {}", self.name), e))?;
-        self.sync.synced.send_modify(|s| s.lsn = s.lsn.max(lsn));
+        self.sync.syncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = file.sync_data() {
+            self.sync.failed.store(true, Ordering::Release);
+            lock(&self.state).poisoned = true;
+            tracing::error!(namespace = %self.name, "fdatasync failed, namespace stops serving: {e}");
+            return Err(Error::io(format!("syncing namespace {}", self.name), e));
+        }
+        self.sync.synced.fetch_max(written, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Flushes and syncs everything now.
+    pub fn sync_now(&self) -> Result<()> {
+        let lsn = {
+            let s = lock(&self.state);
+            s.written + s.pending.len() as u64
+        };
+        self.sync_to(lsn.max(1))
     }
 
     /// Bytes written since the last snapshot.
@@ -1096,7 +1102,7 @@ impl Namespace {
     }
 
     fn stop_thread(&self) {
-        lock(&self.sync.req).stop = true;
+        *lock(&self.sync.stop) = true;
         self.sync.cv.notify_all();
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
@@ -1393,53 +1399,47 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The sync thread: on demand (always) or each second (everysec), one
-/// fdatasync for everything written so far.
+/// The background sync: each second, one fdatasync for whatever was
+/// written and not yet synced (everysec), until stopped.
 fn sync_loop(name: &str, state: &Mutex<State>, sync: &SyncShared) {
-    let mut synced = 0u64;
     loop {
         let stop = {
-            let mut r = lock(&sync.req);
-            loop {
-                if r.stop || r.wanted > synced {
-                    break;
-                }
-                let (g, t) = sync
+            let stop = lock(&sync.stop);
+            if *stop {
+                true
+            } else {
+                let (g, _) = sync
                     .cv
-                    .wait_timeout(r, Duration::from_secs(1))
+                    .wait_timeout(stop, Duration::from_secs(1))
                     .unwrap_or_else(|e| e.into_inner());
-                r = g;
-                if t.timed_out() {
-                    break;
-                }
+                *g
             }
-            r.stop
         };
-        // Under `always` connections leave their records pending: the
-        // write happens here, one for the whole group, then one sync.
-        let (lsn, file) = {
-            let mut s = lock(state);
-            if write_pending(name, &mut s).is_err() {
-                sync.synced.send_modify(|s| s.failed = true);
-                return;
-            }
-            (s.written, s.active_file.clone())
-        };
-        if lsn > synced {
-            match file.sync_data() {
-                Ok(()) => {
-                    synced = lsn;
-                    sync.synced.send_modify(|s| s.lsn = s.lsn.max(lsn));
+        if sync.failed.load(Ordering::Acquire) {
+            return;
+        }
+        {
+            let _leader = lock(&sync.leader);
+            let (lsn, file) = {
+                let mut s = lock(state);
+                if write_pending(name, &mut s).is_err() {
+                    sync.failed.store(true, Ordering::Release);
+                    return;
                 }
-                Err(e) => {
+                (s.written, s.active_file.clone())
+            };
+            if lsn > sync.synced.load(Ordering::Acquire) {
+                sync.syncs.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = file.sync_data() {
                     tracing::error!(
                         namespace = name,
                         "fdatasync failed, namespace stops serving: {e}"
                     );
                     lock(state).poisoned = true;
-                    sync.synced.send_modify(|s| s.failed = true);
+                    sync.failed.store(true, Ordering::Release);
                     return;
                 }
+                sync.synced.fetch_max(lsn, Ordering::AcqRel);
             }
         }
         if stop {

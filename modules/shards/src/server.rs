@@ -126,9 +126,21 @@ impl Server {
                         }
                         let args: Vec<&[u8]> = req.args.iter().map(|r| &input[r.clone()]).collect();
                         self.counters.commands.fetch_add(1, Ordering::Relaxed);
-                        if self.execute(&mut conn, &args, &mut out) == Flow::Close {
-                            close = true;
-                            break;
+                        match self.execute(&mut conn, &args, &mut out) {
+                            Flow::Continue => {}
+                            Flow::Close => {
+                                close = true;
+                                break;
+                            }
+                            Flow::Compact(ns) => {
+                                match tokio::task::spawn_blocking(move || ns.compact()).await {
+                                    Ok(Ok(n)) => reply::integer(&mut out, n as i64),
+                                    Ok(Err(e)) => reply::error(&mut out, &e.to_string()),
+                                    Err(e) => {
+                                        reply::error(&mut out, &format!("ERR compaction: {e}"))
+                                    }
+                                }
+                            }
                         }
                     }
                     Ok(false) => break,
@@ -177,8 +189,8 @@ impl Server {
         tokio::task::yield_now().await;
         for (ns, lsn) in std::mem::take(&mut conn.touched) {
             if ns.policy() == SyncPolicy::Always {
-                // The sync thread writes the group's records, then syncs.
-                ns.wait_synced(lsn).await?;
+                // The first connection here writes and syncs for the group.
+                ns.sync_to(lsn)?;
             } else {
                 ns.flush()?;
             }
@@ -336,12 +348,7 @@ impl Server {
             }
             b"COMPACT" if argc == 0 => {
                 if let Some(ns) = conn.writable(out) {
-                    // Rare and admin-like: it holds this worker while it copies
-                    // (other workers and connections go on).
-                    match ns.compact() {
-                        Ok(n) => reply::integer(out, n as i64),
-                        Err(e) => reply::error(out, &e.to_string()),
-                    }
+                    return Flow::Compact(ns);
                 }
             }
             // redis-cli asks for command docs at start; an empty answer is fine.
@@ -535,7 +542,7 @@ pub fn ns_info(ns: &Namespace) -> String {
     format!(
         "# namespace\r\nname: {}\r\nentries: {}\r\npublic: {}\r\npassword: {}\r\n\
          data_size_bytes: {}\r\ndata_limits_bytes: {}\r\nmode: {}\r\nsync: {}\r\n\
-         disk_size_bytes: {}\r\ndata_files: {}\r\n",
+         disk_size_bytes: {}\r\ndata_files: {}\r\nsyncs: {}\r\n",
         ns.name(),
         s.entries,
         if m.public { "yes" } else { "no" },
@@ -546,13 +553,16 @@ pub fn ns_info(ns: &Namespace) -> String {
         ns.policy().as_str(),
         s.disk_bytes,
         s.files,
+        s.syncs,
     )
 }
 
-#[derive(PartialEq, Eq)]
 enum Flow {
     Continue,
     Close,
+    /// Compaction copies data: it runs on a blocking thread while the
+    /// connection waits and other connections go on.
+    Compact(Arc<Namespace>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
