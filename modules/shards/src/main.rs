@@ -45,6 +45,9 @@ struct Cli {
     /// Size at which a data file is closed and a new one started, in MiB.
     #[arg(long, default_value_t = 256)]
     file_size_mib: u64,
+    /// Most client connections at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_clients: u64,
     /// How often to check whether a namespace's index snapshot is worth
     /// rewriting (more than 1 MiB written since the last), in ms.
     #[arg(long, default_value_t = 30_000)]
@@ -97,6 +100,7 @@ fn run(cli: Cli) -> Result<()> {
         admin_password,
         lock_default: cli.lock_default,
         limits: Default::default(),
+        max_clients: cli.max_clients,
     };
     let server = Server::new(store.clone(), config);
     let result = rt.block_on(async {

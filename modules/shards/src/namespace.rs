@@ -181,6 +181,10 @@ struct Manifest {
     gen: u64,
     files: Vec<u32>,
     next_file: u32,
+    /// Sequential mode: the next key, kept here because compaction drops
+    /// the records and tombstones a rebuild would otherwise count from.
+    #[serde(default)]
+    next_id: u64,
 }
 
 /// Where a live record is.
@@ -279,6 +283,8 @@ pub struct Namespace {
     meta: RwLock<Meta>,
     state: Arc<Mutex<State>>,
     compacting: Mutex<()>,
+    /// One snapshot writer at a time (they share the temp file).
+    snapshotting: Mutex<()>,
     sync: Arc<SyncShared>,
     options: Options,
     deleted: AtomicBool,
@@ -391,6 +397,7 @@ impl Namespace {
                     gen: 1,
                     files: vec![1],
                     next_file: 2,
+                    next_id: 0,
                 };
                 File::create(data_path(dir, 1))
                     .map_err(|e| Error::at(&data_path(dir, 1), "creating", e))?;
@@ -479,6 +486,7 @@ impl Namespace {
                 state.active_len = end;
             }
         }
+        state.next_id = state.next_id.max(manifest.next_id);
         state.disk_bytes = 0;
         for f in state.handles.values() {
             state.disk_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -519,6 +527,7 @@ impl Namespace {
             meta: RwLock::new(meta),
             state,
             compacting: Mutex::new(()),
+            snapshotting: Mutex::new(()),
             sync,
             options,
             deleted: AtomicBool::new(false),
@@ -627,6 +636,7 @@ impl Namespace {
             gen: s.gen + 1,
             files,
             next_file: id + 1,
+            next_id: s.next_id,
         };
         if let Err(e) = write_manifest(&self.dir, &m) {
             let _ = std::fs::remove_file(&path);
@@ -891,6 +901,7 @@ impl Namespace {
 
     /// Writes `index.snap` for the current log position.
     pub fn snapshot(&self) -> Result<()> {
+        let _one = lock(&self.snapshotting);
         let (bytes, file, written) = {
             let mut s = lock(&self.state);
             self.check_live(&s)?;
@@ -1053,6 +1064,7 @@ impl Namespace {
                 gen: s.gen + 1,
                 files,
                 next_file: s.next_file,
+                next_id: s.next_id,
             };
             write_manifest(&self.dir, &m)?;
             s.gen = m.gen;

@@ -17,7 +17,7 @@ use crate::resp::{self, reply, Limits, Request};
 use crate::store::{Store, DEFAULT_NAMESPACE};
 
 /// How the server behaves towards clients.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Config {
     /// Enables AUTH and, after it, NSNEW / NSDEL / NSSET over RESP. Without
     /// it namespaces are managed only over D-Bus (by provision).
@@ -26,6 +26,20 @@ pub struct Config {
     /// node every writable namespace comes from a signed deployment).
     pub lock_default: bool,
     pub limits: Limits,
+    /// Connections beyond this are answered an error and closed: each may
+    /// buffer up to one request (8 MiB), so their number bounds memory.
+    pub max_clients: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            admin_password: None,
+            lock_default: false,
+            limits: Limits::default(),
+            max_clients: 10_000,
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -37,6 +51,7 @@ impl std::fmt::Debug for Config {
             )
             .field("lock_default", &self.lock_default)
             .field("limits", &self.limits)
+            .field("max_clients", &self.max_clients)
             .finish()
     }
 }
@@ -71,7 +86,15 @@ impl Server {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
+                Ok((mut stream, _)) => {
+                    if self.counters.clients.load(Ordering::Relaxed) >= self.config.max_clients {
+                        tokio::spawn(async move {
+                            let _ = stream
+                                .write_all(b"-ERR max number of clients reached\r\n")
+                                .await;
+                        });
+                        continue;
+                    }
                     let server = self.clone();
                     tokio::spawn(async move {
                         server.counters.clients.fetch_add(1, Ordering::Relaxed);

@@ -226,3 +226,59 @@ fn check_finds_a_flipped_byte_and_get_refuses_it() {
     assert!(e.contains("Corrupted"), "{e}");
     assert_eq!(r.cmd(&[b"GET", b"second"]).bulk(), Some(&[2u8; 1000][..]));
 }
+
+#[test]
+fn sequential_keys_are_not_reused_after_compaction_and_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Proc::start(dir.path(), &[]);
+    let mut r = p.raw();
+    r.cmd(&[b"AUTH", b"adminpw"]);
+    r.cmd(&[b"NSNEW", b"seq"]);
+    r.cmd(&[b"NSSET", b"seq", b"mode", b"seq"]);
+    r.cmd(&[b"SELECT", b"seq"]);
+    for i in 0..5u32 {
+        assert_eq!(
+            r.cmd(&[b"SET", b"", b"v"]).bulk(),
+            Some(&i.to_le_bytes()[..])
+        );
+    }
+    r.cmd(&[b"DEL", &4u32.to_le_bytes()]);
+    r.cmd(&[b"DEL", &3u32.to_le_bytes()]);
+    assert!(matches!(r.cmd(&[b"COMPACT"]), Reply::Int(_)));
+    drop(r);
+    p.stop();
+    std::fs::remove_file(dir.path().join("data/seq/index.snap")).unwrap();
+    let p = Proc::start(dir.path(), &[]);
+    let mut r = p.raw();
+    r.cmd(&[b"SELECT", b"seq"]);
+    assert_eq!(r.cmd(&[b"DBSIZE"]), Reply::Int(3));
+    assert_eq!(
+        r.cmd(&[b"SET", b"", b"new"]).bulk(),
+        Some(&5u32.to_le_bytes()[..])
+    );
+}
+
+#[test]
+fn connections_beyond_max_clients_get_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::start(dir.path(), &["--max-clients", "2"]);
+    let mut a = p.raw();
+    let mut b = p.raw();
+    assert_eq!(a.cmd(&[b"PING"]), Reply::Status("PONG".into()));
+    assert_eq!(b.cmd(&[b"PING"]), Reply::Status("PONG".into()));
+    let mut c = p.raw();
+    let Reply::Error(e) = c.reply() else { panic!() };
+    assert!(e.contains("max number of clients"), "{e}");
+    drop(a);
+    // The slot frees once the server has seen the close.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut d = p.raw();
+        d.send(&[b"PING"]);
+        if d.reply() == Reply::Status("PONG".into()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
