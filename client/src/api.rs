@@ -135,9 +135,9 @@ impl Client {
     ) -> Result<(u16, Vec<u8>), ClientError> {
         let mut guard = self.conn.lock().await;
         for attempt in 0..2 {
-            let mut sender = match guard.take() {
-                Some(s) if !s.is_closed() => s,
-                _ => self.connect().await?,
+            let (mut sender, reused) = match guard.take() {
+                Some(s) if !s.is_closed() => (s, true),
+                _ => (self.connect().await?, false),
             };
             if sender.ready().await.is_err() {
                 continue;
@@ -165,7 +165,14 @@ impl Client {
                     *guard = Some(sender);
                     return Ok((status, bytes.to_vec()));
                 }
-                Err(e) if attempt == 0 && e.is_canceled() => continue,
+                // A kept connection the node closed meanwhile (after a
+                // refusal it did not read the body of, or idle): the
+                // request did not get through, so send it once more.
+                Err(e)
+                    if attempt == 0 && reused && (e.is_canceled() || e.is_incomplete_message()) =>
+                {
+                    continue
+                }
                 Err(e) => return Err(ClientError::Connect(e.to_string())),
             }
         }
