@@ -147,6 +147,15 @@ impl Node {
 
     /// Starts identity, ledger, optionally the fake modules, and provision.
     pub async fn start(with_fakes: bool, extra: &[&str]) -> Node {
+        Node::start_with(with_fakes, extra, None).await
+    }
+
+    /// As `start`, with the network and storage sockets of real modules.
+    pub async fn start_with(
+        with_fakes: bool,
+        extra: &[&str],
+        modules: Option<(PathBuf, PathBuf)>,
+    ) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let owner = SigningKey::from_bytes(&[42; 32]);
         let key = NodeKey::load_or_create(&dir.path().join("identity")).unwrap();
@@ -202,8 +211,13 @@ impl Node {
             "200".into(),
         ];
         for m in ["identity", "ledger", "network", "storage"] {
+            let path = match (&modules, m) {
+                (Some((n, _)), "network") => n.clone(),
+                (Some((_, st)), "storage") => st.clone(),
+                _ => s(m),
+            };
             args.push(format!("--{m}-socket"));
-            args.push(s(m).display().to_string());
+            args.push(path.display().to_string());
         }
         args.extend(extra.iter().map(|a| a.to_string()));
         let provision = spawn_provision(&args).await;
