@@ -1,0 +1,137 @@
+//! `zeronode-provision`: the signed-deployment API over HTTPS. Waits for
+//! identity and the ledger, heals every live deployment, then serves until
+//! SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use zeronode_deployment::WorkloadType;
+use zeronode_provision::{http, tls, App, Config};
+use zeronode_types::{boot_config, bus};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Signed deployments: verify, record, reconcile, self-heal"
+)]
+struct Args {
+    /// Address to serve HTTPS on; default: zeronode.api= or 0.0.0.0:8443.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The kernel command line (zeronode.owner=, zeronode.api=).
+    #[arg(long, default_value = "/proc/cmdline")]
+    cmdline: PathBuf,
+    /// The owner's ed25519 public key (hex); default: zeronode.owner= from
+    /// --cmdline, else what the identity module reports.
+    #[arg(long)]
+    owner: Option<String>,
+    #[arg(long, default_value_os_t = bus::socket_path("identity"))]
+    identity_socket: PathBuf,
+    #[arg(long, default_value_os_t = bus::socket_path("ledger"))]
+    ledger_socket: PathBuf,
+    #[arg(long, default_value_os_t = bus::socket_path("network"))]
+    network_socket: PathBuf,
+    #[arg(long, default_value_os_t = bus::socket_path("storage"))]
+    storage_socket: PathBuf,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body: usize,
+    /// Signed reads whose time is further than this from the node's, seconds.
+    #[arg(long, default_value_t = 300)]
+    read_skew: u64,
+    /// How often module sockets and expirations are checked, ms.
+    #[arg(long, default_value_t = 1000)]
+    watch_interval_ms: u64,
+    /// How long to wait for identity and the ledger at start, seconds.
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
+}
+
+fn main() {
+    zeronode_types::logging::init();
+    if let Err(e) = run(Args::parse()) {
+        tracing::error!("{e:#}");
+        eprintln!("zeronode-provision: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let cfg_line = std::fs::read_to_string(&args.cmdline).unwrap_or_default();
+    let (boot, _) = boot_config::parse(&cfg_line);
+    let owner = args
+        .owner
+        .clone()
+        .or_else(|| boot.owner_key.map(|k| boot_config::hex(&k)));
+    let listen = args.listen.unwrap_or(boot.api_listen);
+    let cfg = Config {
+        ledger_socket: args.ledger_socket,
+        identity_socket: args.identity_socket,
+        network_socket: args.network_socket,
+        storage_socket: args.storage_socket,
+        owner,
+        max_body: args.max_body,
+        read_skew_secs: args.read_skew,
+        watch_interval: Duration::from_millis(args.watch_interval_ms.max(50)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        // identity and the ledger start before us; wait a little for them
+        // anyway, a restart of either is not a reason to fail the node.
+        let deadline = Instant::now() + Duration::from_secs(args.wait);
+        let app = loop {
+            match App::start(cfg.clone()).await {
+                Ok(a) => break a,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("waiting for identity and ledger: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.context("identity and ledger")),
+            }
+        };
+        let node_key = app.node_key.to_bytes();
+        let app2 = app.clone();
+        let tls = tls::server_config(&node_key, |m| async move { app2.sign(&m).await })
+            .await
+            .context("making the TLS certificate")?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        println!(
+            "provision: node {} serving https://{} (owner {}) in {} ms",
+            app.node_id,
+            listener.local_addr().unwrap_or(listen),
+            app.owner.as_deref().unwrap_or("none"),
+            started.elapsed().as_millis()
+        );
+        // Self-healing at start: every live workload is applied again.
+        let healer = app.clone();
+        tokio::spawn(async move {
+            let all = [
+                WorkloadType::Network,
+                WorkloadType::Volume,
+                WorkloadType::Zdb,
+                WorkloadType::Container,
+            ];
+            healer.heal(&all).await;
+            tracing::info!("provision: start-up reconcile done");
+            healer.watch().await;
+        });
+        let server = tokio::spawn(http::serve(app.clone(), listener, tls));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("watching SIGTERM")?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("provision: SIGTERM, stopping"),
+            r = server => { r.context("server task")?.context("server")?; }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,501 @@
+//! Bringing workloads to their declared state through the modules, one
+//! small driver per workload type, and self-healing: at start and whenever
+//! a module's socket reappears, every live workload is applied again (the
+//! drivers are idempotent); expired deployments are torn down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::json;
+use zeronode_deployment::{Deployment, Workload, WorkloadData, WorkloadType};
+
+use crate::app::{now_secs, App, Config, KIND_DELETE, KIND_RESULT};
+use crate::modules::{method_error, ModuleConn, Network1Proxy, Storage1Proxy};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadResult {
+    /// ok, error or deleted.
+    pub state: String,
+    pub reason: String,
+    /// What the module made (a volume's path, a network's gateway).
+    pub detail: String,
+    pub version: u64,
+}
+
+/// One workload type's link to the module that runs it. A module that
+/// does not exist yet (containers, shards) plugs in by implementing this.
+pub trait Driver: Send + Sync {
+    /// Makes it so; repeating an apply of the same spec is ok. Answers
+    /// a detail string for the status.
+    fn apply<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<String, String>>;
+    fn remove<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<(), String>>;
+    /// Whether an applied workload can change into `new` in place.
+    fn can_change(&self, _old: &Workload, _new: &Workload) -> Result<(), String> {
+        Ok(())
+    }
+    /// The module connection, watched for restarts.
+    fn module(&self) -> Option<&ModuleConn>;
+}
+
+/// Node-side names, stable and within each module's rules: network names
+/// are 1-10 of [a-z0-9-], volume names 1-64 of [A-Za-z0-9._-].
+pub fn node_name(prefix: &str, dep: &str, workload: &str, hex_len: usize) -> String {
+    let h = blake3::hash(format!("{dep}/{workload}").as_bytes());
+    let hex = zeronode_deployment::hex::encode(h.as_bytes());
+    format!("{prefix}{}", &hex[..hex_len])
+}
+
+pub fn network_name(dep: &str, w: &str) -> String {
+    node_name("n", dep, w, 9)
+}
+
+pub fn volume_name(dep: &str, w: &str) -> String {
+    node_name("zn-", dep, w, 32)
+}
+
+fn call_error(m: &ModuleConn, e: zbus::Error) -> String {
+    match method_error(&e) {
+        Some((name, msg)) => format!("{name}: {msg}"),
+        None => format!("{} module: {e}", m.name),
+    }
+}
+
+pub struct NetworkDriver(pub ModuleConn);
+
+impl Driver for NetworkDriver {
+    fn apply<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let Ok(WorkloadData::Network(n)) = w.typed() else {
+                return Err("not a network".into());
+            };
+            let conn = self.0.get().await?;
+            let p = Network1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+            let name = network_name(dep, &w.name);
+            // NetworkCreate is idempotent for the same name and subnet.
+            match p.network_create(&name, &n.subnet).await {
+                Ok(gw) => Ok(format!("bridge znb-{name} {gw}")),
+                Err(e) => {
+                    if method_error(&e).is_none() {
+                        self.0.reset().await;
+                    }
+                    Err(call_error(&self.0, e))
+                }
+            }
+        })
+    }
+
+    fn remove<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let conn = self.0.get().await?;
+            let p = Network1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+            match p.network_delete(&network_name(dep, &w.name)).await {
+                Ok(()) => Ok(()),
+                // Gone already: the order is met.
+                Err(e) if method_error(&e).is_some_and(|(_, m)| m.contains("no network")) => Ok(()),
+                Err(e) => Err(call_error(&self.0, e)),
+            }
+        })
+    }
+
+    fn module(&self) -> Option<&ModuleConn> {
+        Some(&self.0)
+    }
+}
+
+pub struct VolumeDriver(pub ModuleConn);
+
+impl Driver for VolumeDriver {
+    fn apply<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let Ok(WorkloadData::Volume(v)) = w.typed() else {
+                return Err("not a volume".into());
+            };
+            let conn = self.0.get().await?;
+            let p = Storage1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+            let name = volume_name(dep, &w.name);
+            match p.volume_create(&name, v.size).await {
+                Ok(path) => Ok(path),
+                Err(e) if method_error(&e).is_some_and(|(n, _)| n.ends_with(".Exists")) => {
+                    // Idempotent: the same volume with the same limit is ok.
+                    let list = p.volume_list().await.map_err(|e| call_error(&self.0, e))?;
+                    match list.into_iter().find(|x| x.0 == name) {
+                        Some((_, _, path, _, limit)) if limit == v.size => Ok(path),
+                        Some((_, _, _, _, limit)) => Err(format!(
+                            "volume {name} exists with limit {limit}, not {}",
+                            v.size
+                        )),
+                        None => Err(format!("volume {name}: exists but is not listed")),
+                    }
+                }
+                Err(e) => {
+                    if method_error(&e).is_none() {
+                        self.0.reset().await;
+                    }
+                    Err(call_error(&self.0, e))
+                }
+            }
+        })
+    }
+
+    fn remove<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let conn = self.0.get().await?;
+            let p = Storage1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+            match p.volume_delete(&volume_name(dep, &w.name)).await {
+                Ok(()) => Ok(()),
+                Err(e) if method_error(&e).is_some_and(|(n, _)| n.ends_with(".NotFound")) => Ok(()),
+                Err(e) => Err(call_error(&self.0, e)),
+            }
+        })
+    }
+
+    fn can_change(&self, old: &Workload, new: &Workload) -> Result<(), String> {
+        if old.data != new.data {
+            // Remove + create would lose the data in it.
+            return Err("a volume's size cannot change in place; add a new volume instead".into());
+        }
+        Ok(())
+    }
+
+    fn module(&self) -> Option<&ModuleConn> {
+        Some(&self.0)
+    }
+}
+
+/// A type whose module is not on this node yet: every apply is an error
+/// result that says so, never a pretended success.
+pub struct Unavailable(pub &'static str);
+
+impl Driver for Unavailable {
+    fn apply<'a>(&'a self, _: &'a str, _: &'a Workload) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move { Err(format!("{} module not available", self.0)) })
+    }
+    fn remove<'a>(&'a self, _: &'a str, _: &'a Workload) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { Ok(()) })
+    }
+    fn module(&self) -> Option<&ModuleConn> {
+        None
+    }
+}
+
+pub struct Drivers {
+    map: HashMap<WorkloadType, Arc<dyn Driver>>,
+    /// What each deployment's workloads were last reconciled to.
+    applied: std::sync::Mutex<HashMap<String, Deployment>>,
+}
+
+impl Drivers {
+    pub fn new(cfg: &Config) -> Self {
+        let mut map: HashMap<WorkloadType, Arc<dyn Driver>> = HashMap::new();
+        map.insert(
+            WorkloadType::Network,
+            Arc::new(NetworkDriver(ModuleConn::new(
+                "network",
+                cfg.network_socket.clone(),
+            ))),
+        );
+        map.insert(
+            WorkloadType::Volume,
+            Arc::new(VolumeDriver(ModuleConn::new(
+                "storage",
+                cfg.storage_socket.clone(),
+            ))),
+        );
+        map.insert(WorkloadType::Container, Arc::new(Unavailable("containers")));
+        map.insert(WorkloadType::Zdb, Arc::new(Unavailable("shards")));
+        Drivers {
+            map,
+            applied: Default::default(),
+        }
+    }
+
+    fn get(&self, t: WorkloadType) -> Option<Arc<dyn Driver>> {
+        self.map.get(&t).cloned()
+    }
+
+    pub fn sockets(&self) -> Vec<(WorkloadType, PathBuf)> {
+        self.map
+            .iter()
+            .filter_map(|(t, d)| d.module().map(|m| (*t, m.socket().to_path_buf())))
+            .collect()
+    }
+
+    pub async fn reset(&self, t: WorkloadType) {
+        if let Some(m) = self.map.get(&t).and_then(|d| d.module()) {
+            m.reset().await;
+        }
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, Deployment>> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn sorted(ws: &[Workload], reverse: bool) -> Vec<&Workload> {
+    let mut v: Vec<&Workload> = ws.iter().collect();
+    v.sort_by_key(|w| w.workload_type().map(|t| t.order()).unwrap_or(u8::MAX));
+    if reverse {
+        v.reverse();
+    }
+    v
+}
+
+impl App {
+    /// Brings deployment `id` to its live version (or removes it when it is
+    /// not live). Unchanged workloads are left alone unless their type is
+    /// in `force` (self-healing re-applies them).
+    pub async fn reconcile(&self, id: &str, force: &[WorkloadType]) {
+        let _lock = self.locks.lock(&format!("reconcile:{id}")).await;
+        let desired = self
+            .state()
+            .deployments
+            .get(id)
+            .and_then(|d| d.live.as_ref().map(|l| l.doc.clone()));
+        let applied = self.drivers.applied().get(id).cloned();
+        let version = desired
+            .as_ref()
+            .or(applied.as_ref())
+            .map(|d| d.version)
+            .unwrap_or(0);
+        // Removals first (reverse order), so a replaced workload frees its
+        // name or subnet before the new one asks for it.
+        let mut keep_old: Vec<Workload> = Vec::new();
+        if let Some(old) = &applied {
+            for w in sorted(&old.workloads, true) {
+                let new = desired.as_ref().and_then(|d| d.workload(&w.name));
+                let gone = match new {
+                    None => true,
+                    Some(n) if n.kind != w.kind => true,
+                    Some(n) if n.version != w.version || n.data != w.data => {
+                        match self.driver_for(w).map(|d| d.can_change(w, n)) {
+                            Some(Err(reason)) => {
+                                self.note(id, version, w, Err(reason)).await;
+                                keep_old.push(w.clone());
+                                false
+                            }
+                            // A network changes by being made anew.
+                            _ => w.workload_type() == Some(WorkloadType::Network),
+                        }
+                    }
+                    _ => false,
+                };
+                if gone {
+                    if let Some(d) = self.driver_for(w) {
+                        let r = d.remove(id, w).await;
+                        self.note_removed(id, version, w, r).await;
+                    }
+                }
+            }
+        }
+        if let Some(d) = &desired {
+            for w in sorted(&d.workloads, false) {
+                if keep_old.iter().any(|k| k.name == w.name) {
+                    continue;
+                }
+                let old = applied.as_ref().and_then(|a| a.workload(&w.name));
+                let unchanged = old.is_some_and(|o| {
+                    o.kind == w.kind && o.version == w.version && o.data == w.data
+                });
+                let ok_before = self
+                    .state()
+                    .deployments
+                    .get(id)
+                    .and_then(|s| s.results.get(&w.name).map(|r| r.state == "ok"))
+                    .unwrap_or(false);
+                let forced = w.workload_type().is_some_and(|t| force.contains(&t));
+                if unchanged && ok_before && !forced {
+                    continue;
+                }
+                let r = match self.driver_for(w) {
+                    Some(drv) => drv.apply(id, w).await,
+                    None => Err(format!("no driver for type {:?}", w.kind)),
+                };
+                self.note(id, version, w, r).await;
+            }
+            let mut doc = d.clone();
+            // What stayed old stays recorded as applied.
+            for k in keep_old {
+                if let Some(slot) = doc.workloads.iter_mut().find(|x| x.name == k.name) {
+                    *slot = k;
+                }
+            }
+            self.drivers.applied().insert(id.to_string(), doc);
+        } else {
+            self.drivers.applied().remove(id);
+            if let Some(s) = self.state().deployments.get_mut(id) {
+                s.results.clear();
+            }
+        }
+    }
+
+    fn driver_for(&self, w: &Workload) -> Option<Arc<dyn Driver>> {
+        w.workload_type().and_then(|t| self.drivers.get(t))
+    }
+
+    async fn note(&self, id: &str, version: u64, w: &Workload, r: Result<String, String>) {
+        let (state, reason, detail) = match r {
+            Ok(detail) => ("ok", String::new(), detail),
+            Err(reason) => ("error", reason, String::new()),
+        };
+        self.put_result(id, version, w, state, reason, detail).await;
+    }
+
+    async fn note_removed(&self, id: &str, version: u64, w: &Workload, r: Result<(), String>) {
+        let expired = self
+            .state()
+            .deployments
+            .get(id)
+            .is_some_and(|d| d.live.is_none() && d.expired);
+        let (state, reason) = match r {
+            Ok(()) if expired => ("deleted", "expired".to_string()),
+            Ok(()) => ("deleted", String::new()),
+            Err(e) => ("error", format!("removing: {e}")),
+        };
+        self.put_result(id, version, w, state, reason, String::new())
+            .await;
+    }
+
+    async fn put_result(
+        &self,
+        id: &str,
+        version: u64,
+        w: &Workload,
+        state: &str,
+        reason: String,
+        detail: String,
+    ) {
+        if state == "error" {
+            tracing::warn!("{id}/{}: {reason}", w.name);
+        } else {
+            tracing::info!("{id}/{} ({}): {state} {detail}", w.name, w.kind);
+        }
+        self.metrics.result(state);
+        let payload = json!({
+            "kind": "result", "deployment": id, "version": version,
+            "workload": w.name, "type": w.kind, "workload_version": w.version,
+            "state": state, "reason": reason, "detail": detail,
+        });
+        if let Err(e) = self
+            .record(KIND_RESULT, id, version, &[w.name.as_str()], &payload)
+            .await
+        {
+            tracing::error!("{id}/{}: result not recorded: {}", w.name, e.message);
+        }
+        if let Some(s) = self.state().deployments.get_mut(id) {
+            s.results.insert(
+                w.name.clone(),
+                WorkloadResult {
+                    state: state.into(),
+                    reason,
+                    detail,
+                    version,
+                },
+            );
+        }
+    }
+
+    /// Self-healing: expire what is due, then re-apply every workload of
+    /// the `force` types of every live deployment.
+    pub async fn heal(&self, force: &[WorkloadType]) {
+        self.expire_due().await;
+        let ids: Vec<String> = self
+            .state()
+            .deployments
+            .iter()
+            .filter(|(_, d)| d.live.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.reconcile(&id, force).await;
+        }
+    }
+
+    /// Tears down deployments past their expiration: a node-written delete
+    /// entry (so the ledger no longer lists them live), then reconcile
+    /// removes the workloads and records them deleted, reason "expired".
+    pub async fn expire_due(&self) {
+        let now = now_secs();
+        let due: Vec<(String, u64)> = self
+            .state()
+            .deployments
+            .iter()
+            .filter_map(|(id, d)| {
+                d.live
+                    .as_ref()
+                    .filter(|l| l.doc.expiration <= now)
+                    .map(|l| (id.clone(), l.doc.version))
+            })
+            .collect();
+        for (id, version) in due {
+            let _l = self.locks.lock(&format!("dep:{id}")).await;
+            let still = self
+                .state()
+                .deployments
+                .get(&id)
+                .and_then(|d| d.live.as_ref())
+                .is_some_and(|l| l.doc.version == version);
+            if !still {
+                continue;
+            }
+            let payload =
+                json!({"kind": "expired", "deployment": id, "version": version, "time": now});
+            match self.record(KIND_DELETE, &id, version, &[], &payload).await {
+                Ok(seq) => {
+                    tracing::info!("{id} version {version} expired (ledger seq {seq})");
+                    if let Some(d) = self.state().deployments.get_mut(&id) {
+                        d.live = None;
+                        d.expired = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("{id}: expiry not recorded: {}", e.message);
+                    continue;
+                }
+            }
+            drop(_l);
+            self.reconcile(&id, &[]).await;
+        }
+    }
+
+    /// Watches module sockets: when one appears or is replaced (the module
+    /// restarted), its connection is dropped and its workloads re-applied.
+    /// Also runs expiry. Never returns.
+    pub async fn watch(self: Arc<Self>) {
+        let mut seen: BTreeMap<WorkloadType, Option<(u64, u64)>> = BTreeMap::new();
+        for (t, p) in self.drivers.sockets() {
+            seen.insert(t, socket_id(&p));
+        }
+        loop {
+            tokio::time::sleep(self.cfg.watch_interval).await;
+            let mut changed = Vec::new();
+            for (t, p) in self.drivers.sockets() {
+                let now = socket_id(&p);
+                let before = seen.insert(t, now);
+                if now.is_some() && before != Some(now) {
+                    tracing::info!(
+                        "{} socket (re)appeared: healing {} workloads",
+                        p.display(),
+                        t.name()
+                    );
+                    self.drivers.reset(t).await;
+                    changed.push(t);
+                }
+            }
+            if changed.is_empty() {
+                self.expire_due().await;
+            } else {
+                self.heal(&changed).await;
+            }
+        }
+    }
+}
+
+fn socket_id(p: &std::path::Path) -> Option<(u64, u64)> {
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}

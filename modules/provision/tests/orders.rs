@@ -1,0 +1,461 @@
+//! The order path end to end on the host: real identity and ledger
+//! services, the real provision binary over HTTPS, the zn client library.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+use zeronode_client::ClientError;
+use zeronode_deployment::hex;
+
+fn code(e: &ClientError) -> String {
+    e.code().unwrap_or("none").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_receipt_get_proof_update_delete() {
+    let node = Node::start(true, &[]).await;
+    let c = node.client();
+    let owner = &node.owner;
+    let before = node.ledger_count().await;
+
+    // Deploy: a receipt signed by the node, pointing at the new entry.
+    let r = c
+        .deploy(signed(deployment(owner, "web-1", 1), &[owner]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.kind.as_str(), r.deployment.as_str(), r.version),
+        ("deploy", "web-1", 1)
+    );
+    assert_eq!(r.seq, before);
+    assert!(r.tree_size > r.seq);
+    assert!(r.verify(&c.node_key().unwrap()));
+
+    // Reconciled through the (fake) modules, in order: network, then volume.
+    let v = settled(&c, "web-1", owner).await;
+    let states: Vec<&str> = v["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["ok", "ok"], "{v}");
+    let calls = node.fakes.calls.lock().unwrap().clone();
+    assert_eq!(calls[0].0, "NetworkCreate");
+    assert_eq!(calls[1].0, "VolumeCreate");
+    assert!(v["workloads"][1]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("/pool/volumes/zn-"));
+
+    // The proof verifies with the node key alone.
+    let p = c.proof("web-1", owner).await.unwrap();
+    assert_eq!((p.seq, p.version), (r.seq, 1));
+
+    // The ledger holds the order byte for byte and a result per workload.
+    let ch = c.changes("web-1", owner).await.unwrap();
+    let kinds: Vec<&str> = ch["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["deploy", "result", "result"]);
+
+    // Another twin cannot read it.
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    assert_eq!(
+        code(&c.get("web-1", &stranger).await.unwrap_err()),
+        "forbidden"
+    );
+
+    // Update: only the changed workload is touched (the volume stays).
+    let mut d2 = deployment(owner, "web-1", 2);
+    d2["workloads"][0]["data"]["subnet"] = json!("10.78.0.0/24");
+    d2["workloads"][0]["version"] = json!(2);
+    let r2 = c.update("web-1", signed(d2, &[owner])).await.unwrap();
+    assert_eq!(r2.kind, "update");
+    for _ in 0..50 {
+        if node.fakes.count("NetworkCreate") == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    settled(&c, "web-1", owner).await;
+    assert_eq!(node.fakes.count("NetworkDelete"), 1);
+    assert_eq!(node.fakes.count("NetworkCreate"), 2);
+    assert_eq!(node.fakes.count("VolumeCreate"), 1);
+    assert_eq!(node.fakes.count("VolumeDelete"), 0);
+
+    // Delete with a signed delete order.
+    let del = signed(
+        json!({"kind": "delete", "id": "web-1", "version": 3, "twin": node.owner_hex()}),
+        &[owner],
+    );
+    let r3 = c.delete("web-1", del.clone()).await.unwrap();
+    assert_eq!(r3.kind, "delete");
+    for _ in 0..50 {
+        if node.fakes.count("VolumeDelete") == 1 && node.fakes.count("NetworkDelete") == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node.fakes.count("VolumeDelete"), 1);
+    assert_eq!(node.fakes.count("NetworkDelete"), 2);
+    assert_eq!(code(&c.get("web-1", owner).await.unwrap_err()), "not_found");
+    // The delete order replayed: not live any more.
+    assert_eq!(
+        code(&c.delete("web-1", del).await.unwrap_err()),
+        "not_found"
+    );
+    // Re-creating needs a version above the delete's.
+    let e = c
+        .deploy(signed(deployment(owner, "web-1", 3), &[owner]))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "version_not_higher");
+    c.deploy(signed(deployment(owner, "web-1", 4), &[owner]))
+        .await
+        .unwrap();
+
+    // Open endpoints.
+    let n = c.node().await.unwrap();
+    assert_eq!(n["node_id"], node.node_id.as_str());
+    assert_eq!(n["farm_id"], 7);
+    assert!(n["ledger_head"]["size"].as_u64().unwrap() > 0);
+    let (status, body) = c.raw("GET", "/metrics", &[], vec![]).await.unwrap();
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("zeronode_provision_orders_accepted_total{kind=\"deploy\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("zeronode_provision_orders_refused_total{code=\"version_not_higher\"} 1"),
+        "{text}"
+    );
+
+    // A client pinned to another node id refuses to talk.
+    let other =
+        zeronode_identity::NodeId::from_key(SigningKey::from_bytes(&[5; 32]).verifying_key());
+    let wrong = zeronode_client::Client::new(&node.url, Some(&other.to_string())).unwrap();
+    assert!(
+        matches!(wrong.node().await.unwrap_err(), ClientError::Connect(m) if m.contains("pinned"))
+    );
+}
+
+/// Every bad order is refused with its own code, and the ledger does not grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_orders_are_refused_and_nothing_is_written() {
+    let node = Node::start(false, &["--max-body", "65536"]).await;
+    let c = node.client();
+    let owner = &node.owner;
+    let other = SigningKey::from_bytes(&[3; 32]);
+    let twin2 = SigningKey::from_bytes(&[4; 32]);
+    let twin3 = SigningKey::from_bytes(&[6; 32]);
+    let t = |k: &SigningKey| hex::encode(k.verifying_key().as_bytes());
+
+    // Setup that is allowed: v5 of "live", a grant for twin2 with a small
+    // quota, a grant for twin3 that is then revoked.
+    c.deploy(signed(deployment(owner, "live", 5), &[owner]))
+        .await
+        .unwrap();
+    let grant = |twin: &SigningKey, version: u64, revoked: bool, disk: u64| {
+        signed(
+            json!({"kind": "grant", "twin": t(twin), "version": version,
+                   "expiration": zeronode_client::api::now_secs() + 3600, "revoked": revoked,
+                   "quota": {"cpu": 1, "memory": 1 << 30, "disk": disk, "count": 4}}),
+            &[owner],
+        )
+    };
+    c.grant(grant(&twin2, 1, false, 150 << 20)).await.unwrap();
+    c.grant(grant(&twin3, 1, false, 1 << 30)).await.unwrap();
+    c.grant(grant(&twin3, 2, true, 0)).await.unwrap();
+    // twin2 uses 100 MiB of its 150 MiB.
+    c.deploy(signed(deployment(&twin2, "t2-a", 1), &[&twin2]))
+        .await
+        .unwrap();
+    // Their reconcile results (errors: no modules here) are in the ledger
+    // before counting starts.
+    settled(&c, "live", owner).await;
+    settled(&c, "t2-a", &twin2).await;
+
+    let valid = deployment(owner, "fresh", 1);
+    let other_bytes = {
+        // A valid signature, but over other bytes: signed, then changed.
+        let mut v = valid.clone();
+        zeronode_deployment::sign_value(&mut v, owner).unwrap();
+        v["description"] = json!("changed after signing");
+        serde_json::to_vec(&v).unwrap()
+    };
+    let wrong_key = {
+        // Signed by another key but claiming to be the owner's signature.
+        let mut v = valid.clone();
+        zeronode_deployment::sign_value(&mut v, &other).unwrap();
+        v["signatures"][0]["twin"] = json!(t(owner));
+        serde_json::to_vec(&v).unwrap()
+    };
+    let two_signers = |threshold: u64, required_other: bool| {
+        let mut v = valid.clone();
+        v["signature_requirement"] = json!({"requests": [
+            {"twin": t(owner), "weight": 1, "required": true},
+            {"twin": t(&other), "weight": 1, "required": required_other}], "threshold": threshold});
+        signed(v, &[owner])
+    };
+    let expired = {
+        let mut v = valid.clone();
+        v["expiration"] = json!(1000);
+        signed(v, &[owner])
+    };
+    let unknown_type = {
+        let mut v = valid.clone();
+        v["workloads"][1]["type"] = json!("vm");
+        signed(v, &[owner])
+    };
+    let oversized = {
+        let mut v = valid.clone();
+        v["description"] = json!("x".repeat(70_000));
+        signed(v, &[owner])
+    };
+    let over_quota = signed(deployment(&twin2, "t2-b", 1), &[&twin2]);
+    let revoked = signed(deployment(&twin3, "t3", 1), &[&twin3]);
+    let stranger = signed(deployment(&other, "s", 1), &[&other]);
+    let grant_by_stranger = signed(
+        json!({"kind": "grant", "twin": t(&other), "version": 1, "expiration": 4102444800u64,
+               "quota": {"cpu": 1, "memory": 1, "disk": 1, "count": 1}}),
+        &[&other],
+    );
+
+    enum Op {
+        Post(Vec<u8>),
+        Put(&'static str, Vec<u8>),
+        Grant(Vec<u8>),
+    }
+    let cases: Vec<(&str, Op, u16, &str)> = vec![
+        ("wrong key", Op::Post(wrong_key), 401, "signature_invalid"),
+        (
+            "valid signature over other bytes",
+            Op::Post(other_bytes),
+            401,
+            "signature_invalid",
+        ),
+        (
+            "missing required signer",
+            Op::Post(two_signers(1, true)),
+            401,
+            "required_signer_missing",
+        ),
+        (
+            "threshold not met",
+            Op::Post(two_signers(2, false)),
+            401,
+            "threshold_not_met",
+        ),
+        (
+            "replayed version",
+            Op::Put("live", signed(deployment(owner, "live", 5), &[owner])),
+            409,
+            "version_not_higher",
+        ),
+        (
+            "lower version",
+            Op::Put("live", signed(deployment(owner, "live", 4), &[owner])),
+            409,
+            "version_not_higher",
+        ),
+        (
+            "create over a live one",
+            Op::Post(signed(deployment(owner, "live", 9), &[owner])),
+            409,
+            "deployment_exists",
+        ),
+        ("expired", Op::Post(expired), 422, "expired"),
+        ("oversized body", Op::Post(oversized), 413, "body_too_large"),
+        (
+            "malformed JSON",
+            Op::Post(b"{\"kind\": \"deployment\", ".to_vec()),
+            400,
+            "malformed_json",
+        ),
+        (
+            "duplicate member",
+            Op::Post(b"{\"kind\":\"deployment\",\"kind\":\"deployment\"}".to_vec()),
+            400,
+            "malformed_json",
+        ),
+        (
+            "unknown workload type",
+            Op::Post(unknown_type),
+            422,
+            "unknown_workload_type",
+        ),
+        (
+            "schema",
+            Op::Post(signed(json!({"kind": "deployment"}), &[owner])),
+            422,
+            "schema_invalid",
+        ),
+        (
+            "quota exceeded",
+            Op::Post(over_quota),
+            403,
+            "quota_exceeded",
+        ),
+        ("revoked grant", Op::Post(revoked), 403, "grant_revoked"),
+        (
+            "not the owner nor granted",
+            Op::Post(stranger),
+            403,
+            "not_authorized",
+        ),
+        (
+            "unsigned",
+            Op::Post(serde_json::to_vec(&valid).unwrap()),
+            401,
+            "required_signer_missing",
+        ),
+        (
+            "grant not by the owner",
+            Op::Grant(grant_by_stranger),
+            403,
+            "not_authorized",
+        ),
+        (
+            "grant replayed",
+            Op::Grant(grant(&twin2, 1, false, 1 << 40)),
+            409,
+            "version_not_higher",
+        ),
+    ];
+    let count = node.ledger_count().await;
+    for (what, op, status, want) in cases {
+        let r = match op {
+            Op::Post(b) => c.deploy(b).await,
+            Op::Put(id, b) => c.update(id, b).await,
+            Op::Grant(b) => c.grant(b).await,
+        };
+        match r {
+            Err(ClientError::Refused {
+                status: s,
+                code,
+                message,
+            }) => {
+                assert_eq!((s, code.as_str()), (status, want), "{what}: {message}");
+                assert!(!message.is_empty(), "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_eq!(node.ledger_count().await, count, "{what}: the ledger grew");
+    }
+    // Stale signed reads are refused.
+    let (s, body) = c
+        .raw(
+            "GET",
+            "/v1/deployments/live",
+            zeronode_deployment::sign_read(owner, "GET", "/v1/deployments/live", 1000).as_ref(),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 401);
+    assert!(String::from_utf8_lossy(&body).contains("auth_stale"));
+    let (s, _) = c.raw("GET", "/v1/deployments", &[], vec![]).await.unwrap();
+    assert_eq!(s, 401);
+    // The in-quota twin can still deploy within it (quota counts live use).
+    let mut small = deployment(&twin2, "t2-c", 1);
+    small["workloads"][1]["data"]["size"] = json!(40 << 20);
+    let r = c.deploy(signed(small, &[&twin2])).await.unwrap();
+    assert_eq!(r.seq, count);
+}
+
+/// Reconcile results are recorded honestly, and self-healing brings
+/// workloads back after a provision restart and after a module restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_healing_after_restarts_and_honest_errors() {
+    let mut node = Node::start(true, &[]).await;
+    let owner = node.owner.clone();
+    let c = node.client();
+    let mut d = deployment(&owner, "heal", 1);
+    d["workloads"].as_array_mut().unwrap().push(json!(
+        {"name": "app", "type": "container", "version": 1,
+         "data": {"image": "alpine", "cpu": 1, "memory": 67108864, "network": "net"}}));
+    c.deploy(signed(d, &[&owner])).await.unwrap();
+    let v = settled(&c, "heal", &owner).await;
+    assert_eq!(v["workloads"][2]["state"], "error");
+    assert_eq!(
+        v["workloads"][2]["reason"],
+        "containers module not available"
+    );
+    assert_eq!(node.fakes.count("VolumeCreate"), 1);
+
+    // Provision restarts (a node reboot, for provision): it replays the
+    // ledger's live deployments and applies every workload again.
+    node.restart_provision().await;
+    let c = node.client();
+    for _ in 0..50 {
+        if node.fakes.count("VolumeCreate") == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node.fakes.count("VolumeCreate"), 2);
+    assert_eq!(node.fakes.count("NetworkCreate"), 2);
+    // The volume existed: idempotent apply is ok.
+    let v = settled(&c, "heal", &owner).await;
+    assert_eq!(v["workloads"][1]["state"], "ok", "{v}");
+
+    // The storage module restarts: its socket reappears, provision re-applies volumes.
+    let fakes = node.fakes.clone();
+    node.fakes.volumes.lock().unwrap().clear(); // it lost its volumes
+    let sock = node.sock("storage");
+    std::fs::remove_file(&sock).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    node.servers.push(
+        zeronode_types::bus::serve(&sock, "/org/zeronode/Storage1", FakeStorage(fakes.clone()))
+            .unwrap(),
+    );
+    for _ in 0..50 {
+        if fakes.count("VolumeCreate") == 3 && !fakes.volumes.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fakes.count("VolumeCreate"), 3);
+    assert_eq!(fakes.volumes.lock().unwrap().len(), 1);
+
+    // Expiry: a deployment that expires soon is torn down and recorded so.
+    let mut e = deployment(&owner, "short", 1);
+    e["expiration"] = json!(zeronode_client::api::now_secs() + 2);
+    e["workloads"][0]["data"]["subnet"] = json!("10.79.0.0/24");
+    c.deploy(signed(e, &[&owner])).await.unwrap();
+    settled(&c, "short", &owner).await;
+    let mut gone = false;
+    for _ in 0..60 {
+        if c.get("short", &owner).await.is_err() && fakes.count("VolumeDelete") == 1 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "expired deployment not torn down");
+    let ch = c.changes("short", &owner).await.unwrap();
+    let summaries: Vec<String> = ch["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["summary"].as_str().unwrap().to_string())
+        .collect();
+    assert!(summaries.contains(&"expired".to_string()), "{summaries:?}");
+    assert!(
+        summaries
+            .iter()
+            .filter(|s| s.ends_with("deleted: expired"))
+            .count()
+            == 2,
+        "{summaries:?}"
+    );
+}
