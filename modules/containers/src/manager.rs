@@ -184,9 +184,12 @@ impl Manager {
 
     /// Brings back every container recorded in the state dir (after a
     /// reboot or a restart of the module); failures are logged, the rest
-    /// still come up. Returns how many run.
+    /// still come up. A container whose task survived (the module alone
+    /// restarted) and exited is left as it is when its policy says so: a
+    /// `never` container that finished does not run twice. Returns how
+    /// many containers are known afterwards.
     pub async fn restore(self: &Arc<Self>) -> usize {
-        let mut specs = Vec::new();
+        let mut records = Vec::new();
         if let Ok(rd) = std::fs::read_dir(self.cfg.records_dir()) {
             for e in rd.flatten() {
                 let p = e.path();
@@ -194,17 +197,40 @@ impl Manager {
                     match std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| {
                         serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string())
                     }) {
-                        Ok(r) => specs.push(r.spec),
+                        Ok(r) => records.push(r),
                         Err(e) => tracing::error!("container record {}: {e}", p.display()),
                     }
                 }
             }
         }
-        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        records.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         let mut ok = 0;
-        for spec in specs {
-            let name = spec.name.clone();
-            match self.create(spec).await {
+        for r in records {
+            let name = r.spec.name.clone();
+            let done = match self.ctd.task_get(&name).await {
+                Ok(Some(t)) if t.state == TaskState::Stopped => {
+                    (!restarts(r.spec.restart, t.exit_status)).then_some(t.exit_status)
+                }
+                _ => None,
+            };
+            if let Some(code) = done {
+                tracing::info!("container {name}: exited with status {code} before; left so");
+                lock(&self.entries).insert(
+                    name.clone(),
+                    Entry {
+                        spec: r.spec,
+                        address: r.address,
+                        restarts: 0,
+                        last_exit: Some(code),
+                        restarting: false,
+                        start_ms: None,
+                        watcher: None,
+                    },
+                );
+                ok += 1;
+                continue;
+            }
+            match self.create(r.spec).await {
                 Ok(_) => ok += 1,
                 Err(e) => tracing::error!("container {name}: not restored: {e}"),
             }
@@ -243,10 +269,12 @@ impl Manager {
                     .await
                     .map_err(|e| Error::Network(format!("attach {name} to {}: {e}", net.name)))?,
             ),
-            (Some(net), None) => return Err(Error::Invalid(format!(
+            (Some(net), None) => {
+                return Err(Error::Invalid(format!(
                 "container {name} names network {:?} but the module has no network module socket",
                 net.name
-            ))),
+            )))
+            }
             _ => None,
         };
         let fresh = !self.ctd.container_exists(&name).await?;
@@ -361,11 +389,7 @@ impl Manager {
                 e.last_exit = Some(code);
                 e.spec.restart
             };
-            let again = match policy {
-                RestartPolicy::Always => true,
-                RestartPolicy::OnFailure => code != 0,
-                RestartPolicy::Never => false,
-            };
+            let again = restarts(policy, code);
             tracing::info!(
                 "container {name}: exited with status {code}{}",
                 if again { ", restarting" } else { "" }
@@ -697,6 +721,15 @@ impl Manager {
                 Err(e) => tracing::warn!("container {n}: log rotation: {e}"),
             }
         }
+    }
+}
+
+/// Whether `policy` restarts a container that exited with `code`.
+fn restarts(policy: RestartPolicy, code: u32) -> bool {
+    match policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => code != 0,
+        RestartPolicy::Never => false,
     }
 }
 

@@ -35,6 +35,11 @@ pub fn build(
     let img = config.config().clone().unwrap_or_default();
     let mut oci = Spec::default();
     oci.set_hostname(Some(spec.name.clone()));
+    // The container's own snapshot is its writable layer (oci-spec's
+    // default root is read-only).
+    if let Some(root) = oci.root_mut() {
+        root.set_readonly(Some(false));
+    }
 
     // Arguments: the workload's entrypoint/args replace the image's.
     let entry = if spec.entrypoint.is_empty() {

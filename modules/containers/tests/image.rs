@@ -46,11 +46,11 @@ async fn mismatch_refused_then_import_run_and_gc() {
         dir.path().join("state"),
         dir.path().join("run"),
     );
-    cfg.namespace = "zntest".into();
+    cfg.namespace = ctd.ns.clone();
     let cgroup = CgroupParent::new();
     cfg.cgroup_parent = cgroup.0.clone();
     let m = Manager::new(cfg).await.unwrap();
-    let client = ctd.client("zntest").await;
+    let client = ctd.client().await;
     let before = client.inventory().await.unwrap();
 
     // Wrong digest: refused, nothing anywhere.

@@ -42,6 +42,9 @@ pub fn sha256_hex(b: &[u8]) -> String {
 pub struct Containerd {
     pub dir: PathBuf,
     pub socket: PathBuf,
+    /// A namespace of this run's own: runc keeps its state per namespace
+    /// under /run/containerd/runc, outside the temporary directory.
+    pub ns: String,
     child: Child,
 }
 
@@ -66,11 +69,21 @@ impl Containerd {
             assert!(Instant::now() < deadline, "containerd did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Containerd { dir, socket, child }
+        let ns = format!(
+            "zntest{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        Containerd {
+            dir,
+            socket,
+            ns,
+            child,
+        }
     }
 
-    pub async fn client(&self, ns: &str) -> zeronode_containers::containerd::Ctd {
-        zeronode_containers::containerd::Ctd::connect(&self.socket, ns)
+    pub async fn client(&self) -> zeronode_containers::containerd::Ctd {
+        zeronode_containers::containerd::Ctd::connect(&self.socket, &self.ns)
             .await
             .unwrap()
     }
@@ -103,7 +116,9 @@ impl Drop for Containerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(200));
-        umount_under(&self.dir);
+        // Rootfs overlays and the module's network namespaces.
+        umount_under(self.dir.parent().unwrap_or(&self.dir));
+        let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.ns));
     }
 }
 
@@ -528,6 +543,26 @@ impl CgroupParent {
 
 impl Drop for CgroupParent {
     fn drop(&mut self) {
+        // Processes of containers a failed test left running (killing a
+        // shim does not kill its container).
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/pids"] {
+            let base = format!("{root}{}", self.0);
+            let mut stack = vec![PathBuf::from(base)];
+            while let Some(d) = stack.pop() {
+                if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+                if let Ok(rd) = std::fs::read_dir(&d) {
+                    stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
         let mut dirs = vec![format!("/sys/fs/cgroup{}", self.0)];
         if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
             for e in rd.flatten() {
