@@ -129,11 +129,18 @@ impl Drop for TempDir {
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
     let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).map_err(Error::io(format!("create {}", tmp.display())))?;
+    // 0600: a record holds the workload's env, secrets included.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(Error::io(format!("create {}", tmp.display())))?;
     f.write_all(data)
         .and_then(|_| f.sync_all())
         .map_err(Error::io(format!("write {}", tmp.display())))?;
@@ -246,21 +253,56 @@ impl Manager {
         let t0 = Instant::now();
         let _ops = self.ops.lock().await;
         let name = spec.name.clone();
-        let same = lock(&self.entries)
-            .get(&name)
-            .map(|e| e.spec == spec)
-            .unwrap_or(false);
-        if same {
+        if spec.network.is_some() && self.cfg.network_socket.is_none() {
+            return Err(Error::Invalid(format!(
+                "container {name} names a network but the module runs without the network module"
+            )));
+        }
+        let known = lock(&self.entries).get(&name).map(|e| e.spec == spec);
+        if known == Some(true) {
             if let Some(t) = self.ctd.task_get(&name).await? {
                 if t.state == TaskState::Running {
                     return self.status_of(&name).await;
                 }
             }
-        } else if lock(&self.entries).contains_key(&name) {
+        }
+        // The image first: a spec whose image cannot be had changes nothing,
+        // not even the container it would replace.
+        let image = self.ensure_image(&spec.image).await?;
+        if known == Some(false) {
             tracing::info!("container {name}: spec changed: replacing it");
             self.remove(&name).await?;
         }
-        let image = self.ensure_image(&spec.image).await?;
+        let recorded = self.cfg.records_dir().join(format!("{name}.json")).exists();
+        match self.bring_up(&spec, &image, t0).await {
+            Ok(st) => Ok(st),
+            Err(e) => {
+                // A new container that cannot start leaves nothing behind;
+                // a recorded one (being restored) keeps its record so the
+                // next start or provision's replay tries again.
+                if !recorded {
+                    if let (Some(net), Some(sock)) = (&spec.network, &self.cfg.network_socket) {
+                        let _ = dbus::network_detach(sock, &net.name, &name).await;
+                    }
+                    if let Err(c) = self.remove(&name).await {
+                        tracing::warn!("container {name}: cleanup after a failed create: {c}");
+                    }
+                    if let Err(c) = self.gc_images().await {
+                        tracing::warn!("image cleanup after a failed create: {c}");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn bring_up(
+        self: &Arc<Self>,
+        spec: &ContainerSpec,
+        image: &ImageMeta,
+        t0: Instant,
+    ) -> Result<Status, Error> {
+        let name = spec.name.clone();
         let ns_path = self.cfg.netns_dir().join(&name);
         netns::create(&ns_path)?;
         let address = match (&spec.network, &self.cfg.network_socket) {
@@ -269,18 +311,12 @@ impl Manager {
                     .await
                     .map_err(|e| Error::Network(format!("attach {name} to {}: {e}", net.name)))?,
             ),
-            (Some(net), None) => {
-                return Err(Error::Invalid(format!(
-                "container {name} names network {:?} but the module has no network module socket",
-                net.name
-            )))
-            }
             _ => None,
         };
         let fresh = !self.ctd.container_exists(&name).await?;
         if fresh {
             let oci = runtime_spec::build(
-                &spec,
+                spec,
                 &image.config,
                 &ns_path.display().to_string(),
                 &format!("{}/{}", self.cfg.cgroup_parent, name),

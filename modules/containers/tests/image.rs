@@ -88,6 +88,16 @@ async fn mismatch_refused_then_import_run_and_gc() {
     assert!(e.to_string().contains("404"), "{e}");
     assert_eq!(client.inventory().await.unwrap(), before);
 
+    // A command the image does not have: the error from runc, and the
+    // image it brought, the snapshot and the namespace are gone again.
+    let mut broken = spec("broken", &url, &sha, &[]);
+    broken.entrypoint = vec!["/no/such/program".into()];
+    let e = m.create(broken).await.unwrap_err().to_string();
+    assert!(e.contains("/no/such/program"), "{e}");
+    assert_eq!(client.inventory().await.unwrap(), before);
+    assert!(!dir.path().join("run/netns/broken").exists());
+    assert!(m.list().await.unwrap().is_empty());
+
     // The good archive, from file://: imported, unpacked, runs.
     let st = m
         .create(spec(
