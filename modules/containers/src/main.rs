@@ -79,11 +79,9 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             Err(e) => return Err(e).context("containerd"),
         }
     };
-    let restored = manager.restore().await;
-    println!(
-        "containers: {restored} container(s) restored in {} ms",
-        started.elapsed().as_millis()
-    );
+    // Serve first: the supervisor's health check (and the node's ready
+    // line) must not wait for image downloads of the restored containers;
+    // calls meanwhile interleave with it, one container operation at a time.
     let server = bus::serve(
         &args.socket,
         OBJECT_PATH,
@@ -92,6 +90,16 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         },
     )
     .with_context(|| format!("serving on {}", args.socket.display()))?;
+    let restore = {
+        let m = manager.clone();
+        tokio::spawn(async move {
+            let restored = m.restore().await;
+            println!(
+                "containers: {restored} container(s) restored in {} ms",
+                started.elapsed().as_millis()
+            );
+        })
+    };
     let rotator = {
         let m = manager.clone();
         tokio::spawn(async move {
@@ -108,6 +116,7 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: stopping (containers keep running)"),
         _ = int.recv() => tracing::info!("SIGINT: stopping (containers keep running)"),
     }
+    restore.abort();
     rotator.abort();
     server.abort();
     let _ = std::fs::remove_file(&args.socket);
