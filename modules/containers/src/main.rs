@@ -37,6 +37,9 @@ struct Args {
     /// The cgroup under which each container gets its own.
     #[arg(long, default_value = "/zeronode")]
     cgroup_parent: String,
+    /// Mounted read-only as /etc/resolv.conf into containers on a network.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
     /// A container's log is rotated past this many bytes.
     #[arg(long, default_value_t = 1 << 20)]
     log_cap: u64,
@@ -65,6 +68,7 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     cfg.network_socket = args.network_socket;
     cfg.cgroup_parent = args.cgroup_parent;
     cfg.log_cap = args.log_cap;
+    cfg.resolv_conf = Some(args.resolv_conf);
     cfg.backoff_initial = Duration::from_millis(args.backoff_initial_ms);
     cfg.backoff_max = Duration::from_millis(args.backoff_max_ms);
     // containerd may still be starting when the supervisor starts us.
@@ -94,6 +98,9 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         let m = manager.clone();
         tokio::spawn(async move {
             let restored = m.restore().await;
+            if let Err(e) = m.gc_images().await {
+                tracing::warn!("image cleanup: {e}");
+            }
             println!(
                 "containers: {restored} container(s) restored in {} ms",
                 started.elapsed().as_millis()

@@ -37,6 +37,9 @@ pub struct Config {
     pub network_socket: Option<PathBuf>,
     /// The cgroup parent of the containers' cgroups.
     pub cgroup_parent: String,
+    /// Bind-mounted read-only as /etc/resolv.conf into containers on a
+    /// workload network.
+    pub resolv_conf: Option<PathBuf>,
     /// A container's log is rotated past this many bytes.
     pub log_cap: u64,
     pub backoff_initial: Duration,
@@ -52,6 +55,7 @@ impl Config {
             run_dir,
             network_socket: None,
             cgroup_parent: "/zeronode".into(),
+            resolv_conf: Some("/etc/resolv.conf".into()),
             log_cap: 1 << 20,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
@@ -315,11 +319,18 @@ impl Manager {
         };
         let fresh = !self.ctd.container_exists(&name).await?;
         if fresh {
+            // A container on a workload network resolves names like the
+            // node does (the network module writes the node's resolv.conf).
+            let resolv = match (&spec.network, &self.cfg.resolv_conf) {
+                (Some(_), Some(r)) if r.exists() => Some(r.display().to_string()),
+                _ => None,
+            };
             let oci = runtime_spec::build(
                 spec,
                 &image.config,
                 &ns_path.display().to_string(),
                 &format!("{}/{}", self.cfg.cgroup_parent, name),
+                resolv.as_deref(),
             )?;
             let json = serde_json::to_vec(&oci)
                 .map_err(|e| Error::Invalid(format!("runtime spec: {e}")))?;
@@ -516,11 +527,23 @@ impl Manager {
 
     /// Deletes our image records no container uses; containerd's GC then
     /// drops their content and snapshots (the image was their only root).
-    async fn gc_images(&self) -> Result<(), Error> {
-        let used: std::collections::HashSet<String> = lock(&self.entries)
+    pub async fn gc_images(&self) -> Result<(), Error> {
+        // In use: by a known container, or by a recorded one whose restore
+        // failed for now (it will need its image when it comes back).
+        let mut used: std::collections::HashSet<String> = lock(&self.entries)
             .values()
             .map(|e| image_name(&e.spec.image))
             .collect();
+        if let Ok(rd) = std::fs::read_dir(self.cfg.records_dir()) {
+            for e in rd.flatten() {
+                if let Some(r) = std::fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+                {
+                    used.insert(image_name(&r.spec.image));
+                }
+            }
+        }
         let inv = self.ctd.inventory().await?;
         for img in inv.images {
             if img.starts_with(IMAGE_PREFIX) && !used.contains(&img) {

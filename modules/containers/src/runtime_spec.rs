@@ -31,6 +31,7 @@ pub fn build(
     config: &ImageConfiguration,
     netns: &str,
     cgroup_path: &str,
+    resolv_conf: Option<&str>,
 ) -> Result<Spec, Error> {
     let img = config.config().clone().unwrap_or_default();
     let mut oci = Spec::default();
@@ -156,6 +157,22 @@ pub fn build(
                 .map_err(bad("mount"))?,
         );
     }
+    if let Some(r) = resolv_conf {
+        mounts.push(
+            MountBuilder::default()
+                .destination("/etc/resolv.conf")
+                .typ("bind")
+                .source(r)
+                .options(vec![
+                    "rbind".to_string(),
+                    "ro".into(),
+                    "nosuid".into(),
+                    "nodev".into(),
+                ])
+                .build()
+                .map_err(bad("mount"))?,
+        );
+    }
     oci.set_mounts(Some(mounts));
 
     if let Some(linux) = oci.linux_mut() {
@@ -225,7 +242,14 @@ mod tests {
                 "rootfs":{"type":"layers","diff_ids":[]}}"#,
         )
         .unwrap();
-        let oci = build(&spec, &config, "/run/netns/x", "/zeronode/a").unwrap();
+        let oci = build(
+            &spec,
+            &config,
+            "/run/netns/x",
+            "/zeronode/a",
+            Some("/etc/resolv.conf"),
+        )
+        .unwrap();
         let v = serde_json::to_value(&oci).unwrap();
         assert_eq!(
             v["process"]["args"],
@@ -250,5 +274,10 @@ mod tests {
             .unwrap()
             .iter()
             .any(|m| m["destination"] == "/data" && m["type"] == "bind"));
+        assert!(v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/etc/resolv.conf"));
     }
 }

@@ -31,6 +31,8 @@ fn module(dir: &Path, ctd: &Containerd, net_sock: &Path, cgroup: &str) -> Proc {
         .arg("--socket")
         .arg(dir.join("containers.sock"))
         .args(["--cgroup-parent", cgroup])
+        .arg("--resolv-conf")
+        .arg(dir.join("resolv.conf"))
         .args(["--backoff-initial-ms", "200", "--backoff-max-ms", "800"])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
@@ -86,6 +88,7 @@ async fn containers_over_dbus() {
             "10.231.0.1/24"
         );
     }
+    std::fs::write(dir.path().join("resolv.conf"), "nameserver 10.231.0.1\n").unwrap();
     let volume = dir.path().join("volume");
     std::fs::create_dir(&volume).unwrap();
     std::fs::write(volume.join("in.txt"), "from-the-host\n").unwrap();
@@ -106,7 +109,7 @@ async fn containers_over_dbus() {
         "name": "web",
         "image": {"url": url, "sha256": sha},
         "entrypoint": ["/bin/sh", "-c"],
-        "args": ["env; cat /data/in.txt; echo from-the-container > /data/out.txt; \
+        "args": ["env; cat /data/in.txt /etc/resolv.conf; echo from-the-container > /data/out.txt; \
                   echo pong > /www/index.html; echo serving; exec httpd -f -p 8080 -h /www"],
         "env": {"GREETING": "hello", "SECRET": "s3cr3t"},
         "workdir": "/tmp",
@@ -127,6 +130,7 @@ async fn containers_over_dbus() {
         "HOSTNAME=web",
         "PWD=/tmp",
         "from-the-host",
+        "nameserver 10.231.0.1",
     ] {
         assert!(logs.contains(want), "{want} missing: {logs}");
     }
