@@ -9,9 +9,6 @@ use nix::sched::{unshare, CloneFlags};
 
 use crate::Error;
 
-/// statfs magic of nsfs: a path that is a live namespace bind mount.
-const NSFS_MAGIC: i64 = 0x6e73_6673;
-
 fn err(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Netns {
         path: path.display().to_string(),
@@ -22,7 +19,8 @@ fn err(path: &Path, reason: impl std::fmt::Display) -> Error {
 /// True when `path` is a bind-mounted network namespace.
 pub fn exists(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 == NSFS_MAGIC)
+        // nsfs: a live namespace bind mount, not the empty file left behind.
+        .map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
         .unwrap_or(false)
 }
 
@@ -86,10 +84,10 @@ fn lo_up() -> std::io::Result<()> {
         let mut ifr: libc::ifreq = std::mem::zeroed();
         ifr.ifr_name[0] = b'l' as libc::c_char;
         ifr.ifr_name[1] = b'o' as libc::c_char;
-        let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr);
+        let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr);
         if r == 0 {
             ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
+            r = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &ifr);
         }
         let e = std::io::Error::last_os_error();
         libc::close(fd);
