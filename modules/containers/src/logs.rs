@@ -16,9 +16,9 @@ fn old_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.log.1"))
 }
 
-/// When the current log passed `cap` bytes, it becomes `NAME.log.1`
-/// (replacing the previous one) and starts again empty: at most about
-/// twice `cap` per container on disk.
+/// When the current log passed `cap` bytes, its last `cap` bytes become
+/// `NAME.log.1` (replacing the previous one) and it starts again empty: at
+/// most twice `cap` per container on disk, plus what comes between checks.
 pub fn rotate(dir: &Path, name: &str, cap: u64) -> Result<bool, Error> {
     let cur = log_path(dir, name);
     let len = match std::fs::metadata(&cur) {
@@ -29,7 +29,14 @@ pub fn rotate(dir: &Path, name: &str, cap: u64) -> Result<bool, Error> {
         return Ok(false);
     }
     let old = old_path(dir, name);
-    std::fs::copy(&cur, &old).map_err(Error::io(format!("copy {}", cur.display())))?;
+    let mut from =
+        std::fs::File::open(&cur).map_err(Error::io(format!("open {}", cur.display())))?;
+    from.seek(SeekFrom::End(-(cap.min(len) as i64)))
+        .map_err(Error::io(format!("seek {}", cur.display())))?;
+    let mut to =
+        std::fs::File::create(&old).map_err(Error::io(format!("create {}", old.display())))?;
+    std::io::copy(&mut from.take(cap), &mut to)
+        .map_err(Error::io(format!("copy {}", cur.display())))?;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(&cur)
@@ -87,7 +94,7 @@ mod tests {
         assert!(rotate(d.path(), "a", 5).unwrap());
         assert_eq!(std::fs::metadata(log_path(d.path(), "a")).unwrap().len(), 0);
         std::fs::write(log_path(d.path(), "a"), b"abc").unwrap();
-        assert_eq!(tail(d.path(), "a", 100).unwrap(), b"0123456789abc");
+        assert_eq!(tail(d.path(), "a", 100).unwrap(), b"56789abc");
         assert_eq!(tail(d.path(), "a", 5).unwrap(), b"89abc");
         assert_eq!(tail(d.path(), "a", 2).unwrap(), b"bc");
         assert!(tail(d.path(), "none", 2).unwrap().is_empty());

@@ -43,6 +43,9 @@ struct Args {
     /// A container's log is rotated past this many bytes.
     #[arg(long, default_value_t = 1 << 20)]
     log_cap: u64,
+    /// How often the logs are checked against the cap, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    log_check_ms: u64,
     /// Restart back-off: first delay and ceiling, in milliseconds.
     #[arg(long, default_value_t = 500)]
     backoff_initial_ms: u64,
@@ -109,9 +112,10 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     };
     let rotator = {
         let m = manager.clone();
+        let check = Duration::from_millis(args.log_check_ms.max(100));
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(check).await;
                 let m = m.clone();
                 let _ = tokio::task::spawn_blocking(move || m.rotate_logs()).await;
             }

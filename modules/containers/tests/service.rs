@@ -34,6 +34,7 @@ fn module(dir: &Path, ctd: &Containerd, net_sock: &Path, cgroup: &str) -> Proc {
         .arg("--resolv-conf")
         .arg(dir.join("resolv.conf"))
         .args(["--backoff-initial-ms", "200", "--backoff-max-ms", "800"])
+        .args(["--log-cap", "8192", "--log-check-ms", "200"])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
     Proc::spawn(cmd)
@@ -211,6 +212,33 @@ async fn containers_over_dbus() {
     assert_eq!(st.exit_status, Some(3));
     let runs = p.logs("flaky", 4096).await.unwrap().matches("run").count();
     assert!(runs >= 3, "{runs}");
+
+    // A chatty container's log is capped: the newest output stays.
+    let chatty = serde_json::json!({
+        "name": "chatty",
+        "image": {"url": url, "sha256": sha},
+        "args": ["sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; \
+                  i=$((i+1)); done; echo last-line; sleep 600"],
+        "restart": "never",
+    })
+    .to_string();
+    p.create(&chatty).await.unwrap();
+    let logs_dir = dir.path().join("state/logs");
+    eventually(Duration::from_secs(20), "chatty's log rotated", || async {
+        let cur = std::fs::metadata(logs_dir.join("chatty.log")).ok()?.len();
+        let old = std::fs::metadata(logs_dir.join("chatty.log.1")).ok()?.len();
+        (cur <= 8192 && old <= 8192).then_some(())
+    })
+    .await;
+    let l = p.logs("chatty", 1 << 20).await.unwrap();
+    assert!(
+        l.len() <= 2 * 8192 && l.contains("last-line"),
+        "{}",
+        l.len()
+    );
+    assert!(!l.contains("line-0-"), "the oldest output is gone");
+    p.delete("chatty").await.unwrap();
+    assert!(!logs_dir.join("chatty.log").exists() && !logs_dir.join("chatty.log.1").exists());
 
     // Delete removes that container and nothing else.
     let c = ctd.client().await;
