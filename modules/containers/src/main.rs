@@ -43,6 +43,10 @@ struct Args {
     /// A container's log is rotated past this many bytes.
     #[arg(long, default_value_t = 1 << 20)]
     log_cap: u64,
+    /// Extra CA certificates (PEM) for https:// archives, besides the
+    /// built-in Mozilla roots.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     /// How often the logs are checked against the cap, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     log_check_ms: u64,
@@ -71,6 +75,7 @@ async fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     cfg.network_socket = args.network_socket;
     cfg.cgroup_parent = args.cgroup_parent;
     cfg.log_cap = args.log_cap;
+    cfg.ca_file = args.ca_file;
     cfg.resolv_conf = Some(args.resolv_conf);
     cfg.backoff_initial = Duration::from_millis(args.backoff_initial_ms);
     cfg.backoff_max = Duration::from_millis(args.backoff_max_ms);

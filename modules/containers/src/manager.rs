@@ -42,6 +42,9 @@ pub struct Config {
     pub resolv_conf: Option<PathBuf>,
     /// A container's log is rotated past this many bytes.
     pub log_cap: u64,
+    /// Extra CA certificates (PEM) trusted for https:// archives, besides
+    /// Mozilla's roots.
+    pub ca_file: Option<PathBuf>,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
 }
@@ -57,6 +60,7 @@ impl Config {
             cgroup_parent: "/zeronode".into(),
             resolv_conf: Some("/etc/resolv.conf".into()),
             log_cap: 1 << 20,
+            ca_file: None,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
         }
@@ -111,6 +115,7 @@ struct Entry {
 pub struct Manager {
     cfg: Config,
     ctd: Ctd,
+    tls: Arc<tokio_rustls::rustls::ClientConfig>,
     entries: Mutex<HashMap<String, Entry>>,
     /// Create, delete and restarts one at a time: image GC must never
     /// race an import that is about to use the image.
@@ -166,6 +171,7 @@ fn to_ctd_desc(d: &OciDescriptor) -> containerd_client::types::Descriptor {
 
 impl Manager {
     pub async fn new(cfg: Config) -> Result<Arc<Manager>, Error> {
+        let tls = fetch::tls_config(cfg.ca_file.as_deref())?;
         let ctd = Ctd::connect(&cfg.containerd_socket, &cfg.namespace).await?;
         for d in [
             cfg.records_dir(),
@@ -184,6 +190,7 @@ impl Manager {
         Ok(Arc::new(Manager {
             cfg,
             ctd,
+            tls,
             entries: Mutex::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
         }))
@@ -582,7 +589,7 @@ impl Manager {
         std::fs::create_dir_all(&tmp.0)
             .map_err(Error::io(format!("create {}", tmp.0.display())))?;
         let archive = tmp.0.join("archive.tar");
-        let actual = fetch::fetch(&src.url, &archive).await?;
+        let actual = fetch::fetch(&src.url, &archive, &self.tls).await?;
         if actual != hex {
             return Err(Error::DigestMismatch {
                 url: src.url.clone(),

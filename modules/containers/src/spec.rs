@@ -51,7 +51,7 @@ pub struct ContainerSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSource {
-    /// `http://` or `file://`.
+    /// `http://`, `https://` or `file:///`.
     pub url: String,
     /// 64 lowercase hex digits (an optional `sha256:` prefix is accepted).
     pub sha256: String,
@@ -131,9 +131,12 @@ impl ContainerSpec {
                 self.image.sha256
             ));
         }
-        if !(self.image.url.starts_with("http://") || self.image.url.starts_with("file:///")) {
+        if !["http://", "https://", "file:///"]
+            .iter()
+            .any(|p| self.image.url.starts_with(p))
+        {
             return bad(format!(
-                "image url {:?}: only http:// and file:/// archives are supported",
+                "image url {:?}: only http://, https:// and file:/// archives are supported",
                 self.image.url
             ));
         }

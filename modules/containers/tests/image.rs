@@ -158,3 +158,156 @@ async fn mismatch_refused_then_import_run_and_gc() {
     drop(ctd);
     drop(cgroup);
 }
+
+/// https:// through rustls: refused without a trusted issuer (nothing left
+/// behind), fetched and run with the test's CA given as extra root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_archive_with_an_extra_ca() {
+    if !can_run()
+        || std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_err()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ossl = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    ossl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=zntest-ca",
+            ],
+        ]
+        .concat(),
+    );
+    ossl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "srv.key",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let www = d.join("www");
+    std::fs::create_dir(&www).unwrap();
+    let archive = busybox_archive("tls");
+    let sha = sha256_hex(&archive);
+    std::fs::write(www.join("tls.tar"), &archive).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(["s_server", "-quiet", "-WWW", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(d.join("srv.pem"))
+        .arg("-key")
+        .arg(d.join("srv.key"))
+        .current_dir(&www);
+    let _server = Proc::spawn(cmd);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("https://127.0.0.1:{port}/tls.tar");
+
+    let ctd = Containerd::start(d);
+    let cgroup = CgroupParent::new();
+    let client = ctd.client().await;
+    let before = client.inventory().await.unwrap();
+    let config = |ca: bool| {
+        let mut cfg = Config::new(ctd.socket.clone(), d.join("state"), d.join("run"));
+        cfg.namespace = ctd.ns.clone();
+        cfg.cgroup_parent = cgroup.0.clone();
+        cfg.ca_file = ca.then(|| d.join("ca.pem"));
+        cfg
+    };
+
+    let m = Manager::new(config(false)).await.unwrap();
+    let e = m
+        .create(spec("tls", &url, &sha, &["true"]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("TLS") && e.contains("UnknownIssuer"), "{e}");
+    assert_eq!(client.inventory().await.unwrap(), before);
+    drop(m);
+
+    let m = Manager::new(config(true)).await.unwrap();
+    m.create(spec("tls", &url, &sha, &["sh", "-c", "cat /etc/marker"]))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "marker in the logs", || async {
+        let l = String::from_utf8_lossy(&m.logs("tls", 1000).unwrap()).into_owned();
+        l.contains("tls").then_some(())
+    })
+    .await;
+    m.delete("tls").await.unwrap();
+    drop(m);
+    drop(ctd);
+    drop(cgroup);
+}
