@@ -10,11 +10,15 @@
 # objects tests' backends, the shard store's redis-cli tests and its
 # benchmark against redis); nftables (nft ships in the image for workload
 # NAT), dnsmasq-base, iproute2 and iputils-ping (the network tests' DHCP
-# server, namespaces and reachability checks).
+# server, namespaces and reachability checks); containerd and runc (they
+# ship in the image for container workloads; the containers tests start
+# their own containerd) and busybox-static (the static busybox the
+# containers tests pack into their OCI archive).
 ZN_APT_PACKAGES=(musl-tools protobuf-compiler qemu-system-x86 qemu-utils ovmf ipxe-qemu
   systemd-boot-efi squashfs-tools binutils kmod fdisk cpio git python3 ca-certificates
   btrfs-progs e2fsprogs util-linux redis-server redis-tools
-  nftables dnsmasq-base iproute2 iputils-ping)
+  nftables dnsmasq-base iproute2 iputils-ping
+  containerd runc busybox-static)
 
 zn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

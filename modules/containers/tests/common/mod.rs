@@ -1,0 +1,583 @@
+//! The host tests' fixtures: a real containerd (Debian's, with runc) in a
+//! temporary directory, an OCI archive of a static busybox built here, a
+//! small HTTP server for it, network namespaces, and the network module's
+//! library serving in a namespace of ours. Drop guards undo everything,
+//! also when a test fails.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub fn can_run() -> bool {
+    let ok = nix::unistd::geteuid().is_root()
+        && Path::new("/usr/bin/containerd").exists()
+        && Command::new("runc").arg("--version").output().is_ok()
+        && Path::new("/bin/busybox").exists()
+        && Command::new("ip").arg("-V").output().is_ok();
+    if !ok {
+        eprintln!("SKIP: needs root, containerd, runc, busybox-static and iproute2");
+    }
+    ok
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex(&Sha256::digest(b))
+}
+
+/// containerd with its root, state and sockets under `dir`.
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    /// A namespace of this run's own: runc keeps its state per namespace
+    /// under /run/containerd/runc, outside the temporary directory.
+    pub ns: String,
+    child: Child,
+}
+
+impl Containerd {
+    pub fn start(dir: &Path) -> Containerd {
+        let dir = dir.join("containerd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("containerd.sock");
+        let config =
+            zeronode_containers::containerd_config(&dir.join("root"), &dir.join("state"), &socket);
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Command::new("/usr/bin/containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let ns = format!(
+            "zntest{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        Containerd {
+            dir,
+            socket,
+            ns,
+            child,
+        }
+    }
+
+    pub async fn client(&self) -> zeronode_containers::containerd::Ctd {
+        zeronode_containers::containerd::Ctd::connect(&self.socket, &self.ns)
+            .await
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // The shims of our containerd (they outlive it by design) and
+        // their containers.
+        let sock = self.socket.display().to_string();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                if cmd.contains("containerd-shim") && cmd.contains(&sock) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(200));
+        // Rootfs overlays and the module's network namespaces.
+        umount_under(self.dir.parent().unwrap_or(&self.dir));
+        let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.ns));
+    }
+}
+
+/// Lazily unmounts everything mounted under `dir` (rootfs overlays, netns
+/// files), deepest first.
+pub fn umount_under(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A tar of an OCI image layout holding one layer: the static busybox at
+/// /bin/busybox with a link per applet, plus `/etc/marker` = `marker`
+/// (so two archives can differ). Returns the archive's bytes.
+pub fn busybox_archive(marker: &str) -> Vec<u8> {
+    let mut layer = tar::Builder::new(Vec::new());
+    let dir = |b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        h.set_mtime(0);
+        b.append_data(&mut h, path, std::io::empty()).unwrap();
+    };
+    for (d, m) in [
+        ("bin", 0o755),
+        ("etc", 0o755),
+        ("tmp", 0o1777),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("www", 0o755),
+    ] {
+        dir(&mut layer, d, m);
+    }
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o755);
+    h.set_size(bb.len() as u64);
+    h.set_mtime(0);
+    layer.append_data(&mut h, "bin/busybox", &bb[..]).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet == "busybox" || applet.is_empty() || applet.contains('/') {
+            continue;
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        h.set_mtime(0);
+        layer
+            .append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_size(marker.len() as u64);
+    h.set_mtime(0);
+    layer
+        .append_data(&mut h, "etc/marker", marker.as_bytes())
+        .unwrap();
+    let layer = layer.into_inner().unwrap();
+    let layer_digest = format!("sha256:{}", sha256_hex(&layer));
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": ["/bin/busybox"],
+            "Cmd": ["sh"],
+            "Env": ["PATH=/bin", "FROM_IMAGE=yes"],
+            "WorkingDir": "/"
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config.len()
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": layer_digest,
+            "size": layer.len()
+        }]
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "busybox"}
+        }]
+    });
+    let mut out = tar::Builder::new(Vec::new());
+    let mut file = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        out.append_data(&mut h, path, data).unwrap();
+    };
+    file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    file("index.json", &serde_json::to_vec(&index).unwrap());
+    for (d, data) in [
+        (&manifest_digest, &manifest),
+        (&config_digest, &config),
+        (&layer_digest, &layer),
+    ] {
+        file(&format!("blobs/sha256/{}", &d[7..]), data);
+    }
+    out.into_inner().unwrap()
+}
+
+/// An HTTP/1.0 server on 127.0.0.1 serving `files` by path; stops on drop.
+pub struct HttpServer {
+    pub base: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpServer {
+    pub fn start(files: HashMap<String, Vec<u8>>) -> HttpServer {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let mut r = BufReader::new(c.try_clone().unwrap());
+                        let mut line = String::new();
+                        let _ = r.read_line(&mut line);
+                        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                                break;
+                            }
+                        }
+                        match files.get(&path) {
+                            Some(b) => {
+                                let _ = write!(
+                                    c,
+                                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+                                    b.len()
+                                );
+                                let _ = c.write_all(b);
+                            }
+                            None => {
+                                let _ = c.write_all(b"HTTP/1.0 404 Not Found\r\n\r\n");
+                            }
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        HttpServer { base, stop }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace (/run/netns/NAME), deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Netns {
+        let name = format!(
+            "znc{}-{}-{role}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        run(&["ip", "netns", "add", &name]);
+        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The network module's workload networks (its library, the same code as
+/// its binary) serving org.zeronode.Network1 on `socket` from a thread
+/// inside `ns`: bridges, veths and nft rules all stay in that namespace.
+pub struct NetworkModule {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetworkModule {
+    pub fn start(ns: &Netns, socket: &Path, state: &Path) -> NetworkModule {
+        let nsfile = std::fs::File::open(ns.path()).unwrap();
+        let (socket, state) = (socket.to_path_buf(), state.to_path_buf());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            nix::sched::setns(&nsfile, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let handle = zeronode_network::links::connect().unwrap();
+                let workloads = Arc::new(
+                    zeronode_network::workload::Workloads::new(
+                        handle.clone(),
+                        &state,
+                        Path::new("/usr/sbin/nft"),
+                    )
+                    .unwrap(),
+                );
+                let iface = zeronode_network::dbus::Network {
+                    handle,
+                    shared: Default::default(),
+                    workloads,
+                };
+                let server =
+                    zeronode_types::bus::serve(&socket, zeronode_network::dbus::OBJECT_PATH, iface)
+                        .unwrap();
+                ready_tx.send(()).unwrap();
+                let _ = rx.await;
+                server.abort();
+            });
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        NetworkModule {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NetworkModule {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A child process with its output lines collected; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let outs: Vec<Box<dyn Read + Send>> = vec![
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for out in outs {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    eprintln!("  | {line}");
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Proc { child, lines }
+    }
+
+    pub fn wait_line(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle:?} within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every 100 ms until it gives Some, up to `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The tests' cgroup parent (`/zntest-PID`), removed from every hierarchy
+/// on drop once runc removed the containers' cgroups under it.
+pub struct CgroupParent(pub String);
+
+impl CgroupParent {
+    pub fn new() -> CgroupParent {
+        CgroupParent(format!(
+            "/zntest-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ))
+    }
+
+    /// The memory limit runc wrote for container `name`: memory.max on
+    /// cgroup v2, memory.limit_in_bytes on v1.
+    pub fn memory_limit(&self, name: &str) -> Option<String> {
+        let v2 = format!("/sys/fs/cgroup{}/{name}/memory.max", self.0);
+        let v1 = format!(
+            "/sys/fs/cgroup/memory{}/{name}/memory.limit_in_bytes",
+            self.0
+        );
+        std::fs::read_to_string(v2)
+            .or_else(|_| std::fs::read_to_string(v1))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// The CPU limit: cpu.max on v2, "quota period" from v1's files.
+    pub fn cpu_limit(&self, name: &str) -> Option<String> {
+        let v2 = format!("/sys/fs/cgroup{}/{name}/cpu.max", self.0);
+        if let Ok(s) = std::fs::read_to_string(v2) {
+            return Some(s.trim().to_string());
+        }
+        let d = format!("/sys/fs/cgroup/cpu{}/{name}", self.0);
+        let q = std::fs::read_to_string(format!("{d}/cpu.cfs_quota_us")).ok()?;
+        let p = std::fs::read_to_string(format!("{d}/cpu.cfs_period_us")).ok()?;
+        Some(format!("{} {}", q.trim(), p.trim()))
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        // Processes of containers a failed test left running (killing a
+        // shim does not kill its container).
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/pids"] {
+            let base = format!("{root}{}", self.0);
+            let mut stack = vec![PathBuf::from(base)];
+            while let Some(d) = stack.pop() {
+                if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+                if let Ok(rd) = std::fs::read_dir(&d) {
+                    stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut dirs = vec![format!("/sys/fs/cgroup{}", self.0)];
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in rd.flatten() {
+                dirs.push(format!("{}{}", e.path().display(), self.0));
+            }
+        }
+        for d in dirs {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
