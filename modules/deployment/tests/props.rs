@@ -62,3 +62,40 @@ proptest! {
         let _ = check(s.as_bytes());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// ECMAScript number text reads back as the same double, and is what
+    /// serde_json writes for integers below 2^53.
+    #[test]
+    fn jcs_numbers_round_trip(bits in any::<u64>(), int in 0u64..(1 << 53)) {
+        let f = f64::from_bits(bits);
+        if f.is_finite() {
+            let s = zeronode_deployment::jcs::format_number(f).unwrap();
+            prop_assert_eq!(s.parse::<f64>().unwrap(), if f == 0.0 { 0.0 } else { f });
+        }
+        prop_assert_eq!(zeronode_deployment::jcs::format_number(int as f64).unwrap(), int.to_string());
+    }
+
+    /// Canonical bytes are a fixed point: parsing and canonicalizing them
+    /// again gives the same bytes.
+    #[test]
+    fn jcs_is_idempotent(keys in proptest::collection::vec("[a-zA-Z\u{80}-\u{10ffff}]{0,4}", 0..6),
+                         nums in proptest::collection::vec(any::<f64>(), 0..6),
+                         s in "\\PC{0,20}") {
+        let mut m = serde_json::Map::new();
+        for (i, k) in keys.iter().enumerate() {
+            let v = match nums.get(i).copied().filter(|f| f.is_finite()) {
+                Some(f) => serde_json::json!(f),
+                None => serde_json::json!([s.clone(), null, true]),
+            };
+            m.insert(k.clone(), v);
+        }
+        let v = serde_json::Value::Object(m);
+        let a = zeronode_deployment::jcs::canonicalize(&v).unwrap();
+        let back = zeronode_deployment::strict::parse(&a).unwrap();
+        let b = zeronode_deployment::jcs::canonicalize(&back).unwrap();
+        prop_assert_eq!(a, b);
+    }
+}

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -74,35 +74,62 @@ pub async fn serve(
     }
 }
 
-/// 1. The body size limit: by Content-Length up front, and while reading.
+/// Check 1, the body size limit. A body over it is still read (and
+/// dropped) up to `DRAIN` bytes more, so the client finishes sending and
+/// reads the 413 instead of a reset connection; past that it is cut.
 async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    const DRAIN: u64 = 8 << 20;
     let max = app.cfg.max_body;
-    let too_big = || {
-        ApiError::new(
-            413,
-            "body_too_large",
-            format!("the body is larger than {max} bytes"),
-        )
-    };
-    if let Some(len) = req
+    let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > max as u64 {
-            return Err(too_big());
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut too_big = declared.is_some_and(|len| len > max as u64);
+    let mut body = req.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut seen: u64 = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    408,
+                    "body_timeout",
+                    "the body did not arrive within 30 s",
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::new(
+                    400,
+                    "bad_request",
+                    format!("reading the body: {e}"),
+                ))
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if !too_big && buf.len() + data.len() <= max {
+                buf.extend_from_slice(&data);
+            } else {
+                too_big = true;
+                buf = Vec::new();
+            }
+            if seen > max as u64 + DRAIN {
+                break;
+            }
         }
     }
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
-        Err(e) => Err(ApiError::new(
-            400,
-            "bad_request",
-            format!("reading the body: {e}"),
-        )),
+    if too_big {
+        return Err(ApiError::new(
+            413,
+            "body_too_large",
+            format!("the body is larger than {max} bytes"),
+        ));
     }
+    Ok(Bytes::from(buf))
 }
 
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {

@@ -304,10 +304,6 @@ async fn network_and_volume_on_real_modules_survive_a_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!vol.exists(), "volume still there");
-    let link = Command::new("ip")
-        .args(["-n", &ns, "link", "show", &bridge])
-        .output()
-        .unwrap();
     for _ in 0..50 {
         if !Command::new("ip")
             .args(["-n", &ns, "link", "show", &bridge])
@@ -320,7 +316,6 @@ async fn network_and_volume_on_real_modules_survive_a_restart() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = link;
     assert!(!Command::new("ip")
         .args(["-n", &ns, "link", "show", &bridge])
         .output()

@@ -442,13 +442,26 @@ async fn self_healing_after_restarts_and_honest_errors() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(gone, "expired deployment not torn down");
-    let ch = c.changes("short", &owner).await.unwrap();
-    let summaries: Vec<String> = ch["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["summary"].as_str().unwrap().to_string())
-        .collect();
+    // Both workloads' results are recorded (the network's comes last).
+    let mut summaries: Vec<String> = Vec::new();
+    for _ in 0..50 {
+        let ch = c.changes("short", &owner).await.unwrap();
+        summaries = ch["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["summary"].as_str().unwrap().to_string())
+            .collect();
+        if summaries
+            .iter()
+            .filter(|s| s.ends_with("deleted: expired"))
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(summaries.contains(&"expired".to_string()), "{summaries:?}");
     assert!(
         summaries
@@ -458,4 +471,50 @@ async fn self_healing_after_restarts_and_honest_errors() {
             == 2,
         "{summaries:?}"
     );
+}
+
+/// A volume cannot change size in place: the update is recorded, the old
+/// volume stays and the result says why. An expired grant authorises nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_resize_refused_in_place_and_grants_expire() {
+    let node = Node::start(true, &[]).await;
+    let c = node.client();
+    let owner = node.owner.clone();
+    c.deploy(signed(deployment(&owner, "vol", 1), &[&owner]))
+        .await
+        .unwrap();
+    settled(&c, "vol", &owner).await;
+    let mut d2 = deployment(&owner, "vol", 2);
+    d2["workloads"][1]["data"]["size"] = json!(209715200);
+    d2["workloads"][1]["version"] = json!(2);
+    c.update("vol", signed(d2, &[&owner])).await.unwrap();
+    let mut reason = String::new();
+    for _ in 0..50 {
+        let v = c.get("vol", &owner).await.unwrap();
+        if v["workloads"][1]["state"] == "error" {
+            reason = v["workloads"][1]["reason"].as_str().unwrap().to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reason.contains("cannot change in place"), "{reason:?}");
+    assert_eq!(node.fakes.count("VolumeDelete"), 0);
+    assert_eq!(node.fakes.volumes.lock().unwrap()[0].1, 104857600);
+
+    let twin = SigningKey::from_bytes(&[8; 32]);
+    let g = signed(
+        json!({"kind": "grant", "twin": hex::encode(twin.verifying_key().as_bytes()), "version": 1,
+               "expiration": zeronode_client::api::now_secs() + 1,
+               "quota": {"cpu": 1, "memory": 1, "disk": 1 << 30, "count": 4}}),
+        &[&owner],
+    );
+    c.grant(g).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let count = node.ledger_count().await;
+    let e = c
+        .deploy(signed(deployment(&twin, "late", 1), &[&twin]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("grant_expired"), "{e}");
+    assert_eq!(node.ledger_count().await, count);
 }
