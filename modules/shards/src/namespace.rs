@@ -240,8 +240,8 @@ pub enum SetOutcome {
 }
 
 struct State {
-    index: HashMap<Box<[u8]>, Loc>,
-    order: BTreeMap<u64, Box<[u8]>>,
+    index: HashMap<Arc<[u8]>, Loc>,
+    order: BTreeMap<u64, Arc<[u8]>>,
     next_seq: u64,
     next_id: u64,
     /// Data files in log order; the last is the active one.
@@ -345,7 +345,7 @@ impl State {
         if let Some(mut loc) = loc {
             loc.seq = self.next_seq;
             self.next_seq += 1;
-            let key: Box<[u8]> = key.into();
+            let key: Arc<[u8]> = key.into();
             self.order.insert(loc.seq, key.clone());
             self.live_payload += loc.payload();
             self.index.insert(key, loc);
@@ -956,7 +956,7 @@ impl Namespace {
             if sealed.is_empty() {
                 return Ok(0);
             }
-            let live: Vec<(Box<[u8]>, Loc)> = s
+            let live: Vec<(Arc<[u8]>, Loc)> = s
                 .order
                 .values()
                 .filter_map(|k| s.index.get(k).map(|l| (k.clone(), *l)))
@@ -971,7 +971,7 @@ impl Namespace {
 
         // Copy outside the lock: reads and writes go on meanwhile.
         let mut outputs: Vec<(u32, Arc<File>, u64)> = Vec::new();
-        let mut moved: Vec<(Box<[u8]>, Loc, Loc)> = Vec::with_capacity(live.len());
+        let mut moved: Vec<(Arc<[u8]>, Loc, Loc)> = Vec::with_capacity(live.len());
         let mut buf = Vec::with_capacity(1 << 20);
         let mut scratch = Vec::new();
         let result = (|| -> Result<()> {
@@ -1348,6 +1348,8 @@ fn load_snapshot(dir: &Path, s: &mut State, mode: Mode) -> Result<Option<(u32, u
     if gen != s.gen {
         return Err(bad("from another manifest generation"));
     }
+    // Each entry takes at least 22 bytes: a bound on what to reserve.
+    s.index.reserve((count as usize).min(body.len() / 22));
     let size = s
         .handles
         .get(&file)
@@ -1368,10 +1370,9 @@ fn load_snapshot(dir: &Path, s: &mut State, mode: Mode) -> Result<Option<(u32, u
         if klen > MAX_KEY || !s.handles.contains_key(&f) {
             return Err(bad("entry points outside the log"));
         }
-        let key = key.to_vec();
         s.apply(
             mode,
-            &key,
+            key,
             Some(Loc {
                 file: f,
                 offset: off,
