@@ -240,8 +240,8 @@ pub enum SetOutcome {
 }
 
 struct State {
-    index: HashMap<Box<[u8]>, Loc>,
-    order: BTreeMap<u64, Box<[u8]>>,
+    index: HashMap<Arc<[u8]>, Loc>,
+    order: BTreeMap<u64, Arc<[u8]>>,
     next_seq: u64,
     next_id: u64,
     /// Data files in log order; the last is the active one.
@@ -273,8 +273,22 @@ struct SyncShared {
     /// One sync at a time; a committer that waited for it usually finds
     /// its records covered and returns without syncing.
     leader: Mutex<()>,
-    stop: Mutex<bool>,
+    /// What committers under `always` want synced, and the stop flag.
+    req: Mutex<SyncReq>,
     cv: Condvar,
+    /// The sync thread waits on `cv` (a committer must wake it).
+    idle: AtomicBool,
+    /// The sync thread's progress, to one relay task in the runtime...
+    remote: tokio::sync::watch::Sender<u64>,
+    /// ...which passes it on to the waiting connections: one cross-thread
+    /// wake-up a group instead of one a connection.
+    local: Arc<tokio::sync::watch::Sender<u64>>,
+    relay: AtomicBool,
+}
+
+struct SyncReq {
+    wanted: u64,
+    stop: bool,
 }
 
 pub struct Namespace {
@@ -345,7 +359,7 @@ impl State {
         if let Some(mut loc) = loc {
             loc.seq = self.next_seq;
             self.next_seq += 1;
-            let key: Box<[u8]> = key.into();
+            let key: Arc<[u8]> = key.into();
             self.order.insert(loc.seq, key.clone());
             self.live_payload += loc.payload();
             self.index.insert(key, loc);
@@ -505,8 +519,15 @@ impl Namespace {
             syncs: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             leader: Mutex::new(()),
-            stop: Mutex::new(false),
+            req: Mutex::new(SyncReq {
+                wanted: 0,
+                stop: false,
+            }),
             cv: Condvar::new(),
+            idle: AtomicBool::new(false),
+            remote: tokio::sync::watch::channel(0).0,
+            local: Arc::new(tokio::sync::watch::channel(0).0),
+            relay: AtomicBool::new(false),
         });
         let state = Arc::new(Mutex::new(state));
         let thread = {
@@ -881,6 +902,52 @@ impl Namespace {
             return Err(Error::io(format!("syncing namespace {}", self.name), e));
         }
         self.sync.synced.fetch_max(written, Ordering::AcqRel);
+        self.sync
+            .remote
+            .send_replace(self.sync.synced.load(Ordering::Acquire));
+        Ok(())
+    }
+
+    /// Waits until the log is durable up to `lsn`, under `always`. The
+    /// namespace's sync thread writes what is pending and syncs once for
+    /// every connection waiting, while the serving thread goes on reading
+    /// requests: those that arrive during a sync form the next group.
+    pub async fn wait_synced(&self, lsn: u64) -> Result<()> {
+        let sync = &self.sync;
+        if sync.synced.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        if !sync.relay.swap(true, Ordering::AcqRel) {
+            let mut remote = sync.remote.subscribe();
+            let local = sync.local.clone();
+            tokio::spawn(async move {
+                while remote.changed().await.is_ok() {
+                    let v = *remote.borrow_and_update();
+                    local.send_replace(v);
+                }
+            });
+        }
+        let mut rx = sync.local.subscribe();
+        {
+            let mut r = lock(&sync.req);
+            if r.wanted < lsn {
+                r.wanted = lsn;
+            }
+            if sync.idle.load(Ordering::Acquire) {
+                sync.cv.notify_one();
+            }
+        }
+        let waited = rx
+            .wait_for(|v| {
+                *v >= lsn
+                    || sync.failed.load(Ordering::Acquire)
+                    || sync.synced.load(Ordering::Acquire) >= lsn
+            })
+            .await
+            .is_ok();
+        if sync.failed.load(Ordering::Acquire) || !waited {
+            return Err(Error::Poisoned(self.name.clone()));
+        }
         Ok(())
     }
 
@@ -956,7 +1023,7 @@ impl Namespace {
             if sealed.is_empty() {
                 return Ok(0);
             }
-            let live: Vec<(Box<[u8]>, Loc)> = s
+            let live: Vec<(Arc<[u8]>, Loc)> = s
                 .order
                 .values()
                 .filter_map(|k| s.index.get(k).map(|l| (k.clone(), *l)))
@@ -971,7 +1038,7 @@ impl Namespace {
 
         // Copy outside the lock: reads and writes go on meanwhile.
         let mut outputs: Vec<(u32, Arc<File>, u64)> = Vec::new();
-        let mut moved: Vec<(Box<[u8]>, Loc, Loc)> = Vec::with_capacity(live.len());
+        let mut moved: Vec<(Arc<[u8]>, Loc, Loc)> = Vec::with_capacity(live.len());
         let mut buf = Vec::with_capacity(1 << 20);
         let mut scratch = Vec::new();
         let result = (|| -> Result<()> {
@@ -1114,7 +1181,7 @@ impl Namespace {
     }
 
     fn stop_thread(&self) {
-        *lock(&self.sync.stop) = true;
+        lock(&self.sync.req).stop = true;
         self.sync.cv.notify_all();
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
@@ -1348,6 +1415,8 @@ fn load_snapshot(dir: &Path, s: &mut State, mode: Mode) -> Result<Option<(u32, u
     if gen != s.gen {
         return Err(bad("from another manifest generation"));
     }
+    // Each entry takes at least 22 bytes: a bound on what to reserve.
+    s.index.reserve((count as usize).min(body.len() / 22));
     let size = s
         .handles
         .get(&file)
@@ -1368,10 +1437,9 @@ fn load_snapshot(dir: &Path, s: &mut State, mode: Mode) -> Result<Option<(u32, u
         if klen > MAX_KEY || !s.handles.contains_key(&f) {
             return Err(bad("entry points outside the log"));
         }
-        let key = key.to_vec();
         s.apply(
             mode,
-            &key,
+            key,
             Some(Loc {
                 file: f,
                 offset: off,
@@ -1411,21 +1479,28 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The background sync: each second, one fdatasync for whatever was
-/// written and not yet synced (everysec), until stopped.
+/// The sync thread: on demand (`always` committers) or each second
+/// (everysec), one write of everything pending and one fdatasync.
 fn sync_loop(name: &str, state: &Mutex<State>, sync: &SyncShared) {
     loop {
         let stop = {
-            let stop = lock(&sync.stop);
-            if *stop {
-                true
-            } else {
-                let (g, _) = sync
+            let mut r = lock(&sync.req);
+            loop {
+                if r.stop || r.wanted > sync.synced.load(Ordering::Acquire) {
+                    break;
+                }
+                sync.idle.store(true, Ordering::Release);
+                let (g, t) = sync
                     .cv
-                    .wait_timeout(stop, Duration::from_secs(1))
+                    .wait_timeout(r, Duration::from_secs(1))
                     .unwrap_or_else(|e| e.into_inner());
-                *g
+                sync.idle.store(false, Ordering::Release);
+                r = g;
+                if t.timed_out() {
+                    break;
+                }
             }
+            r.stop
         };
         if sync.failed.load(Ordering::Acquire) {
             return;
@@ -1436,6 +1511,7 @@ fn sync_loop(name: &str, state: &Mutex<State>, sync: &SyncShared) {
                 let mut s = lock(state);
                 if write_pending(name, &mut s).is_err() {
                     sync.failed.store(true, Ordering::Release);
+                    sync.remote.send_replace(u64::MAX);
                     return;
                 }
                 (s.written, s.active_file.clone())
@@ -1449,10 +1525,13 @@ fn sync_loop(name: &str, state: &Mutex<State>, sync: &SyncShared) {
                     );
                     lock(state).poisoned = true;
                     sync.failed.store(true, Ordering::Release);
+                    sync.remote.send_replace(u64::MAX);
                     return;
                 }
                 sync.synced.fetch_max(lsn, Ordering::AcqRel);
             }
+            sync.remote
+                .send_replace(sync.synced.load(Ordering::Acquire));
         }
         if stop {
             return;

@@ -212,8 +212,8 @@ impl Server {
         tokio::task::yield_now().await;
         for (ns, lsn) in std::mem::take(&mut conn.touched) {
             if ns.policy() == SyncPolicy::Always {
-                // The first connection here writes and syncs for the group.
-                ns.sync_to(lsn)?;
+                // The sync thread writes and syncs for the whole group.
+                ns.wait_synced(lsn).await?;
             } else {
                 ns.flush()?;
             }

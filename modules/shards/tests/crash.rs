@@ -210,3 +210,56 @@ fn acknowledged_writes_survive_200_kill_9() {
         "the writers hardly wrote: {acked_total}"
     );
 }
+
+/// kill -9 at random moments while COMPACT runs (and writes go on): after
+/// every restart the namespace holds exactly what was acknowledged.
+#[test]
+fn compaction_survives_kill_9_at_any_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--file-size-mib", "1", "--sync", "always"];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut model: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+    let (mut finished, mut cut) = (0, 0);
+    for round in 0..30 {
+        let mut p = Proc::start_with(dir.path(), &args, false);
+        let mut r = p.raw();
+        assert_eq!(common::dump(&mut r), model, "round {round}: after restart");
+        // Fresh data and deletes so that every round has something to move.
+        let mut batch = Vec::new();
+        let mut expect = Vec::new();
+        for i in 0..400 {
+            let k = format!("c{round}-{i}");
+            let v = value_for(&k, 2000);
+            batch.extend(encode(&[b"SET", k.as_bytes(), &v]));
+            expect.push((k.into_bytes(), Some(v)));
+        }
+        let old: Vec<Vec<u8>> = model.keys().cloned().collect();
+        for k in old.iter().filter(|_| rng.below(3) == 0) {
+            batch.extend(encode(&[b"DEL", k]));
+            expect.push((k.clone(), None));
+        }
+        r.stream.write_all(&batch).unwrap();
+        for (k, v) in expect {
+            assert!(!r.reply().is_error());
+            match v {
+                Some(v) => model.insert(k, v),
+                None => model.remove(&k),
+            };
+        }
+        let mut c = Raw::connect(&p.addr);
+        let compactor = std::thread::spawn(move || {
+            c.send(&[b"COMPACT"]);
+            c.try_reply()
+        });
+        std::thread::sleep(Duration::from_micros(rng.below(150_000)));
+        p.kill();
+        match compactor.join().unwrap() {
+            Some(Reply::Int(_)) => finished += 1,
+            _ => cut += 1,
+        }
+    }
+    eprintln!("compactions finished {finished}, cut by kill -9 {cut}");
+    assert!(cut > 0, "no kill landed during a compaction");
+    let p = Proc::start_with(dir.path(), &args, false);
+    assert_eq!(common::dump(&mut p.raw()), model);
+}

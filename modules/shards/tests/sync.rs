@@ -64,8 +64,19 @@ fn a_namespace_can_sync_always_under_an_everysec_server() {
     let before = syncs(&p);
     admin.cmd(&[b"SET", b"a", b"1"]);
     admin.cmd(&[b"SET", b"b", b"2"]);
-    // everysec: no sync per write (at most the background one each second).
+    // everysec: no sync per write (at most the background one each second)...
     assert!(syncs(&p) - before <= 1);
+    // ...but within about a second the background sync covers them.
+    let before = syncs(&p);
+    admin.cmd(&[b"SET", b"c", b"3"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+    while syncs(&p) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "everysec: no background sync within 2.5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     admin.cmd(&[b"NSSET", b"default", b"sync", b"always"]);
     let before = syncs(&p);
     for i in 0..5 {
