@@ -231,6 +231,13 @@ fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<String> {
     for (name, body) in &src.services {
         write(&etc.join("zeronode/services").join(name), body)?;
     }
+    for f in &src.cfg.system.files {
+        let path = sys.join(f.path.trim_start_matches('/'));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        write(&path, f.text.as_bytes())?;
+    }
     let names: Vec<&str> = src.services.iter().map(|(n, _)| n.as_str()).collect();
     tracing::info!(
         "  services from {}: {}",

@@ -90,6 +90,18 @@ pub struct System {
     /// in /usr/bin.
     #[serde(default)]
     pub programs: Vec<String>,
+    /// Configuration files written into the image as they are given here.
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+}
+
+/// A file of the system image, its text declared in place.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Absolute path in the image, e.g. `/etc/containerd/config.toml`.
+    pub path: String,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +210,27 @@ impl ImageConfig {
                 format!("{b:?} is not an absolute path to a file"),
             ));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &cfg.system.files {
+            let p = &f.path;
+            if !p.starts_with('/')
+                || p.ends_with('/')
+                || p.split('/').any(|c| c == ".." || c == ".")
+                || p.contains("//")
+                || p.starts_with("/etc/zeronode/")
+            {
+                return Err(invalid(
+                    "system.files",
+                    format!(
+                        "{p:?} is not an absolute path to a file outside /etc/zeronode \
+                         (which the builder writes)"
+                    ),
+                ));
+            }
+            if !seen.insert(p.as_str()) {
+                return Err(invalid("system.files", format!("{p:?} is given twice")));
+            }
+        }
         if let Some(bad) = cfg.cmdline.extra.iter().find(|a| {
             a.is_empty()
                 || a.contains(char::is_whitespace)
@@ -286,5 +319,20 @@ extra = ["loglevel=4"]
         assert!(err.contains("system.load"), "{err}");
         let err = error_of(&base.replace("[kernel]", "[kernal]"));
         assert!(err.contains("kernal"), "{err}");
+        for path in [
+            "etc/x",
+            "/etc/../x",
+            "/etc/x/",
+            "/etc/zeronode/services/a.toml",
+        ] {
+            let err = error_of(&base.replace(
+                "[cmdline]",
+                &format!("[[system.files]]\npath = \"{path}\"\ntext = \"\"\n[cmdline]"),
+            ));
+            assert!(err.contains("system.files"), "{path}: {err}");
+        }
+        let twice = "[[system.files]]\npath = \"/etc/a\"\ntext = \"\"\n";
+        let err = error_of(&base.replace("[cmdline]", &format!("{twice}{twice}[cmdline]")));
+        assert!(err.contains("given twice"), "{err}");
     }
 }

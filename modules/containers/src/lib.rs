@@ -117,9 +117,36 @@ disabled_plugins = [
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
+
+[debug]
+  level = "warn"
 "#,
         root = root.display(),
         state = state.display(),
         socket = socket.display(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The image ships containerd's config as text in image/zeronode.toml:
+    /// it must be what this crate expects containerd to run with.
+    #[test]
+    fn the_image_ships_this_containerd_config() {
+        let decl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../image/zeronode.toml");
+        let text = std::fs::read_to_string(&decl).unwrap();
+        let expected = super::containerd_config(
+            Path::new("/var/cache/zeronode/containerd"),
+            Path::new("/run/containerd"),
+            Path::new("/run/containerd/containerd.sock"),
+        );
+        assert!(
+            text.contains(&format!(
+                "path = \"/etc/containerd/config.toml\"\ntext = '''\n{expected}'''"
+            )),
+            "image/zeronode.toml's /etc/containerd/config.toml differs from:\n{expected}"
+        );
+    }
 }
