@@ -1,10 +1,12 @@
 //! Boots the built image (scripts/build-image) in QEMU under TCG and checks
 //! what a person at the console would. One file a concern: power.rs (boot
 //! paths, power, the console tool), storage.rs (disks, pools, node id),
-//! network.rs (the management network against a bad DHCP server).
+//! network.rs (the management network against a bad DHCP server),
+//! provision.rs (signed deployments through the API, self-healing).
 
 mod network;
 mod power;
+mod provision;
 mod storage;
 
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use zeronode_qemu::{Boot, Node, NodeOptions};
 
 use network::*;
 use power::*;
+use provision::*;
 use storage::*;
 
 pub type Check = Result<(), String>;
@@ -42,7 +45,7 @@ pub fn ensure(cond: bool, what: impl FnOnce() -> String) -> Check {
 
 fn main() {
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
         (
             "direct_boot_ready_then_power_button",
             direct_boot_ready_then_power_button,
@@ -68,6 +71,10 @@ fn main() {
         ),
         ("bad_boot_input_is_reported", bad_boot_input_is_reported),
         ("dhcp_garbage_is_reported", dhcp_garbage_is_reported),
+        (
+            "signed_deployment_survives_a_hard_reset",
+            signed_deployment_survives_a_hard_reset,
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, case) in cases {

@@ -76,7 +76,7 @@ fn wait_for_lease(node: &mut Node) -> Result<String, String> {
 }
 
 /// Powers off through ACPI and waits for a clean end.
-fn power_off(mut node: Node) -> Check {
+pub(crate) fn power_off(mut node: Node) -> Check {
     node.powerdown().map_err(|e| e.to_string())?;
     node.wait_for_line("unmount summary", Duration::from_secs(90), |l| {
         l.starts_with("zeronode: filesystems unmounted")
@@ -88,7 +88,7 @@ fn power_off(mut node: Node) -> Check {
 }
 
 /// A sparse raw disk image of `mib` MiB.
-fn blank_disk(path: &Path, mib: u64) -> Result<(), String> {
+pub(crate) fn blank_disk(path: &Path, mib: u64) -> Result<(), String> {
     std::fs::File::create(path)
         .and_then(|f| f.set_len(mib << 20))
         .map_err(|e| format!("creating {}: {e}", path.display()))
@@ -102,12 +102,12 @@ fn run(cmd: &mut Command) -> Check {
 }
 
 /// A disk image mounted on the host, unmounted when dropped.
-struct HostMount {
+pub(crate) struct HostMount {
     dir: tempfile::TempDir,
 }
 
 impl HostMount {
-    fn new(image: &Path) -> Result<Self, String> {
+    pub(crate) fn new(image: &Path) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         run(Command::new("mount")
             .args(["-o", "loop"])
@@ -116,7 +116,7 @@ impl HostMount {
         Ok(HostMount { dir })
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 }

@@ -8,3 +8,42 @@ pub fn image_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../out/image"))
 }
+
+/// The 3Bot client `zn`, built by cargo into this workspace's target
+/// directory on first use (`ZN_BIN` names another one).
+pub fn zn_binary() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("ZN_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--locked",
+            "--release",
+            "-p",
+            "zeronode-client",
+            "--bin",
+            "zn",
+            "--message-format=short",
+        ])
+        .output()
+        .map_err(|e| format!("running cargo to build zn: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building zn: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target = if target.is_absolute() {
+        target
+    } else {
+        root.join(target)
+    };
+    Ok(target.join("release/zn"))
+}
