@@ -268,6 +268,27 @@ impl Client {
         .await
     }
 
+    /// The last `max_bytes` of a workload's logs (containers keep them);
+    /// the node's default (64 KiB) when None.
+    pub async fn logs(
+        &self,
+        id: &str,
+        workload: &str,
+        max_bytes: Option<u64>,
+        key: &SigningKey,
+    ) -> Result<Value, ClientError> {
+        let q = max_bytes
+            .map(|m| format!("?max_bytes={m}"))
+            .unwrap_or_default();
+        self.call(
+            "GET",
+            &format!("/v1/deployments/{id}/workloads/{workload}/logs{q}"),
+            Some(key),
+            Vec::new(),
+        )
+        .await
+    }
+
     pub async fn node(&self) -> Result<Value, ClientError> {
         self.call("GET", "/v1/node", None, Vec::new()).await
     }

@@ -80,6 +80,13 @@ enum Cmd {
     List,
     /// The ledger entries of a deployment (orders and results).
     Changes { id: String },
+    /// A workload's logs (a container's stdout and stderr, the last bytes).
+    Logs {
+        id: String,
+        name: String,
+        #[arg(long)]
+        max_bytes: Option<u64>,
+    },
     /// Poll a deployment until every workload is ok or failed.
     Watch {
         id: String,
@@ -383,6 +390,18 @@ async fn run(cli: Cli) -> Result<()> {
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
+            });
+        }
+        Cmd::Logs {
+            id,
+            name,
+            max_bytes,
+        } => {
+            let v = client(&cli)?
+                .logs(id, name, *max_bytes, &first_key(&cli.keys)?)
+                .await?;
+            print(j, &v, || {
+                v["logs"].as_str().unwrap_or("").trim_end().to_string()
             });
         }
         Cmd::Watch { id, timeout } => {

@@ -144,4 +144,38 @@ mod tests {
         assert_eq!(p.doc.workloads[1].name, "data");
         assert!(super::build("id = 1", Some(t), None, 0).is_err());
     }
+
+    /// The network + volume + container spec docs/provision.md shows.
+    #[test]
+    fn container_spec_builds_a_valid_deployment() {
+        let t = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        let spec = r#"
+            id = "web-1"
+            valid_for = 86400
+            [[workloads]]
+            name = "net"
+            type = "network"
+            data = { subnet = "10.20.0.0/24" }
+            [[workloads]]
+            name = "data"
+            type = "volume"
+            data = { size = 104857600 }
+            [[workloads]]
+            name = "web"
+            type = "container"
+            [workloads.data]
+            image = { url = "http://10.0.2.2:8000/web.tar", sha256 = "3c99e3c5a3a5e0c8d6b5f0d2a1e4c7b9f8a6d5c4b3a291807f6e5d4c3b2a1908" }
+            cpu = 1
+            memory = 67108864
+            network = "net"
+            mounts = [{ volume = "data", path = "/data" }]
+            entrypoint = ["/bin/sh", "-c"]
+            args = ["date >> /data/boots; exec httpd -f -p 8080 -h /data"]
+            env = { GREETING = "hello" }
+            restart = "always"
+        "#;
+        let v = super::build(spec, Some(t), None, 1000).unwrap();
+        let p = decode::<Deployment>(v.to_string().as_bytes()).unwrap();
+        assert_eq!(p.doc.workloads[2].data["mounts"][0]["volume"], "data");
+    }
 }

@@ -133,7 +133,7 @@ pub struct VolumeData {
 /// module owns the rest of its data, which is kept as received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerData {
-    pub image: String,
+    pub image: ImageRef,
     pub cpu: u64,
     pub memory: u64,
     #[serde(default)]
@@ -144,11 +144,44 @@ pub struct ContainerData {
     pub rest: serde_json::Map<String, Value>,
 }
 
+/// A container's image: an OCI archive pinned by its sha256 (what the
+/// containers module runs), or a registry reference (accepted by the
+/// schema, refused by the module until it can pull).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ImageRef {
+    Archive { url: String, sha256: String },
+    Reference(String),
+}
+
+impl ImageRef {
+    fn check(&self) -> Result<(), String> {
+        match self {
+            ImageRef::Reference(r) if r.is_empty() => Err("image: empty".into()),
+            ImageRef::Reference(_) => Ok(()),
+            ImageRef::Archive { url, sha256 } => {
+                let hex = sha256.strip_prefix("sha256:").unwrap_or(sha256);
+                if url.is_empty() {
+                    return Err("image.url: empty".into());
+                }
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("image.sha256 {sha256:?}: 64 hex digits expected"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mount {
+    /// A `volume` workload of the same deployment.
     pub volume: String,
+    /// Where it appears inside the container (absolute).
     pub path: String,
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -457,12 +490,15 @@ impl Deployment {
                 WorkloadData::Container(c) => {
                     check_int("cpu", c.cpu)?;
                     check_int("memory", c.memory)?;
-                    if c.image.is_empty() || c.cpu == 0 || c.memory == 0 {
+                    if c.cpu == 0 || c.memory == 0 {
                         return Err(schema(format!(
                             "container {:?}: image, cpu and memory are required",
                             w.name
                         )));
                     }
+                    c.image
+                        .check()
+                        .map_err(|e| schema(format!("container {:?}: {e}", w.name)))?;
                     // What a container uses must be in this deployment.
                     let has = |name: &str, ty: WorkloadType| {
                         self.workloads
@@ -477,7 +513,19 @@ impl Deployment {
                             )));
                         }
                     }
-                    for m in &c.mounts {
+                    for (j, m) in c.mounts.iter().enumerate() {
+                        if !m.path.starts_with('/') {
+                            return Err(schema(format!(
+                                "container {:?}: mount path {:?}: absolute path expected",
+                                w.name, m.path
+                            )));
+                        }
+                        if c.mounts[..j].iter().any(|o| o.path == m.path) {
+                            return Err(schema(format!(
+                                "container {:?}: mount path {:?} used twice",
+                                w.name, m.path
+                            )));
+                        }
                         if !has(&m.volume, WorkloadType::Volume) {
                             return Err(schema(format!(
                                 "container {:?}: no volume workload {:?}",

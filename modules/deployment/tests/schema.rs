@@ -52,8 +52,46 @@ fn good_documents_decode() {
 }
 
 #[test]
+fn container_image_archive_decodes() {
+    let v = with(|v| {
+        v["workloads"][3]["data"]["image"] =
+            json!({"url": "http://10.0.2.2:8000/web.tar", "sha256": "ab".repeat(32)});
+        v["workloads"][3]["data"]["mounts"][0]["readonly"] = true.into();
+    });
+    assert_eq!(code(&v), "ok");
+}
+
+#[test]
 fn each_schema_rule_refuses() {
     let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "image archive without sha256",
+            with(|v| v["workloads"][3]["data"]["image"] = json!({"url": "http://h/x.tar"})),
+            "schema_invalid",
+        ),
+        (
+            "image archive sha256 not 64 hex",
+            with(|v| {
+                v["workloads"][3]["data"]["image"] =
+                    json!({"url": "http://h/x.tar", "sha256": "abc"})
+            }),
+            "schema_invalid",
+        ),
+        (
+            "mount path relative",
+            with(|v| v["workloads"][3]["data"]["mounts"][0]["path"] = "data".into()),
+            "schema_invalid",
+        ),
+        (
+            "mount of a volume not in the deployment",
+            with(|v| v["workloads"][3]["data"]["mounts"][0]["volume"] = "other".into()),
+            "schema_invalid",
+        ),
+        (
+            "mount naming a network, not a volume",
+            with(|v| v["workloads"][3]["data"]["mounts"][0]["volume"] = "net".into()),
+            "schema_invalid",
+        ),
         (
             "wrong kind",
             with(|v| v["kind"] = "grant".into()),

@@ -29,6 +29,8 @@ pub struct Config {
     pub identity_socket: PathBuf,
     pub network_socket: PathBuf,
     pub storage_socket: PathBuf,
+    pub containers_socket: PathBuf,
+    pub shards_socket: PathBuf,
     /// Overrides the owner the identity module reports (`--owner`).
     pub owner: Option<String>,
     pub max_body: usize,

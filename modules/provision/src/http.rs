@@ -243,6 +243,12 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
                         v["deployment"] = json!(id);
                         Ok(json_resp(200, &v))
                     }
+                    [id, "workloads", name, "logs"] => {
+                        app.view(id, &reader)?;
+                        workload_logs(&app, id, name, query_u64(&path_q, "max_bytes"))
+                            .await
+                            .map(|v| json_resp(200, &v))
+                    }
                     _ => Err(ApiError::new(404, "not_found", format!("no route {path}"))),
                 }
             }
@@ -310,6 +316,57 @@ async fn node_info(app: &App) -> Result<Value, ApiError> {
             "signature": zeronode_deployment::hex::encode(&head.signature),
         },
     }))
+}
+
+/// `?name=N` of a request path, if it is there and a number.
+fn query_u64(path_q: &str, name: &str) -> Option<u64> {
+    let (_, q) = path_q.split_once('?')?;
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// The last bytes of a workload's logs (64 KiB unless `max_bytes`), from
+/// its module; the caller has checked the reader may see the deployment.
+async fn workload_logs(
+    app: &App,
+    id: &str,
+    name: &str,
+    max_bytes: Option<u64>,
+) -> Result<Value, ApiError> {
+    let ty = app
+        .state()
+        .deployments
+        .get(id)
+        .and_then(|d| d.live.as_ref())
+        .and_then(|l| l.doc.workload(name).and_then(|w| w.workload_type()))
+        .ok_or_else(|| {
+            ApiError::new(404, "not_found", format!("{id:?} has no workload {name:?}"))
+        })?;
+    let driver = app
+        .drivers
+        .get(ty)
+        .ok_or_else(|| ApiError::new(404, "not_found", format!("no driver for {}", ty.name())))?;
+    let max = max_bytes.unwrap_or(64 << 10).min(16 << 20);
+    match driver.logs(id, name, max).await {
+        None => Err(ApiError::new(
+            404,
+            "not_found",
+            format!("{} workloads keep no logs", ty.name()),
+        )),
+        Some(Ok(logs)) => Ok(json!({"deployment": id, "workload": name, "logs": logs})),
+        Some(Err(e)) if e.contains(".Error.NotFound") => Err(ApiError::new(
+            404,
+            "not_found",
+            format!("logs of {id}/{name}: {e}"),
+        )),
+        Some(Err(e)) => Err(ApiError::new(
+            503,
+            "module_unavailable",
+            format!("logs of {id}/{name}: {e}"),
+        )),
+    }
 }
 
 async fn changes(app: &App, id: &str) -> Result<Value, ApiError> {

@@ -36,6 +36,10 @@ struct Args {
     network_socket: PathBuf,
     #[arg(long, default_value_os_t = bus::socket_path("storage"))]
     storage_socket: PathBuf,
+    #[arg(long, default_value_os_t = bus::socket_path("containers"))]
+    containers_socket: PathBuf,
+    #[arg(long, default_value_os_t = bus::socket_path("shards"))]
+    shards_socket: PathBuf,
     /// Largest request body, bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
@@ -73,6 +77,8 @@ fn run(args: Args) -> Result<()> {
         identity_socket: args.identity_socket,
         network_socket: args.network_socket,
         storage_socket: args.storage_socket,
+        containers_socket: args.containers_socket,
+        shards_socket: args.shards_socket,
         owner,
         max_body: args.max_body,
         read_skew_secs: args.read_skew,

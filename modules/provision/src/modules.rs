@@ -88,3 +88,44 @@ pub trait Storage1 {
     fn volume_list(&self) -> zbus::Result<Vec<(String, String, String, u64, u64)>>;
     fn pools(&self) -> zbus::Result<Vec<(String, String, String, bool, u64, u64, u64, bool)>>;
 }
+
+/// `org.zeronode.Containers1` (docs/containers.md). Declared here rather
+/// than taken from zeronode-containers, which links containerd's gRPC
+/// client (tonic, prost) that provision never uses; the spec it takes is
+/// built as JSON by [`crate::reconcile::container_spec`].
+#[zbus::proxy(
+    interface = "org.zeronode.Containers1",
+    default_service = "org.zeronode.Containers1",
+    default_path = "/org/zeronode/Containers1"
+)]
+pub trait Containers1 {
+    fn create(&self, spec: &str) -> zbus::Result<String>;
+    fn delete(&self, name: &str) -> zbus::Result<()>;
+    fn status(&self, name: &str) -> zbus::Result<String>;
+    fn logs(&self, name: &str, max_bytes: u64) -> zbus::Result<String>;
+}
+
+/// `org.zeronode.Shards1` (docs/shards.md). NamespaceCreate answers
+/// `(ssq)`: namespace, host, port of the RESP listener.
+#[zbus::proxy(
+    interface = "org.zeronode.Shards1",
+    default_service = "org.zeronode.Shards1",
+    default_path = "/org/zeronode/Shards1"
+)]
+pub trait Shards1 {
+    fn namespace_create(
+        &self,
+        name: &str,
+        size: u64,
+        mode: &str,
+        password: &str,
+        public: bool,
+    ) -> zbus::Result<(String, String, u16)>;
+    fn namespace_delete(&self, name: &str) -> zbus::Result<()>;
+    /// name, size, used, mode, public, password set, entries, sync.
+    #[allow(clippy::type_complexity)]
+    fn namespace_info(
+        &self,
+        name: &str,
+    ) -> zbus::Result<(String, u64, u64, String, bool, bool, u64, String)>;
+}

@@ -11,10 +11,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde_json::json;
-use zeronode_deployment::{Deployment, Workload, WorkloadData, WorkloadType};
+use zeronode_deployment::{Deployment, ImageRef, Workload, WorkloadData, WorkloadType};
 
 use crate::app::{now_secs, App, Config, KIND_DELETE, KIND_RESULT};
-use crate::modules::{method_error, ModuleConn, Network1Proxy, Storage1Proxy};
+use crate::modules::{
+    method_error, Containers1Proxy, ModuleConn, Network1Proxy, Shards1Proxy, Storage1Proxy,
+};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -41,6 +43,15 @@ pub trait Driver: Send + Sync {
     }
     /// The module connection, watched for restarts.
     fn module(&self) -> Option<&ModuleConn>;
+    /// A workload's logs, for types that keep them (None: this type has none).
+    fn logs<'a>(
+        &'a self,
+        _dep: &'a str,
+        _workload: &'a str,
+        _max_bytes: u64,
+    ) -> BoxFuture<'a, Option<Result<String, String>>> {
+        Box::pin(async { None })
+    }
 }
 
 /// Node-side names, stable and within each module's rules: network names
@@ -56,6 +67,16 @@ pub fn network_name(dep: &str, w: &str) -> String {
 }
 
 pub fn volume_name(dep: &str, w: &str) -> String {
+    node_name("zn-", dep, w, 32)
+}
+
+/// Container names: 1-64 of [a-z0-9_.-] in the containers module.
+pub fn container_name(dep: &str, w: &str) -> String {
+    node_name("zn-", dep, w, 32)
+}
+
+/// zdb namespace names: 1-128 of [A-Za-z0-9._-] in the shards module.
+pub fn namespace_name(dep: &str, w: &str) -> String {
     node_name("zn-", dep, w, 32)
 }
 
@@ -168,6 +189,297 @@ impl Driver for VolumeDriver {
     }
 }
 
+/// Builds the containers module's spec (docs/containers.md) from a
+/// `container` workload: names become node names, each mount's volume
+/// becomes its node path (`volume_path` answers it by node volume name).
+/// The members provision does not interpret (entrypoint, args, env,
+/// workdir, restart) are passed as received; the module refuses bad ones.
+pub fn container_spec(
+    dep: &str,
+    w: &Workload,
+    volume_path: &dyn Fn(&str) -> Option<String>,
+) -> Result<serde_json::Value, String> {
+    let Ok(WorkloadData::Container(c)) = w.typed() else {
+        return Err("not a container".into());
+    };
+    let image = match &c.image {
+        ImageRef::Archive { url, sha256 } => json!({"url": url, "sha256": sha256}),
+        ImageRef::Reference(r) => {
+            return Err(format!(
+                "image {r:?}: registry images are not supported by the containers module; \
+                 give image = {{url, sha256}} of an OCI archive"
+            ))
+        }
+    };
+    let mut mounts = Vec::new();
+    for m in &c.mounts {
+        let name = volume_name(dep, &m.volume);
+        let Some(path) = volume_path(&name) else {
+            return Err(format!("volume {:?} ({name}) is not on the node", m.volume));
+        };
+        mounts.push(json!({"source": path, "target": m.path, "readonly": m.readonly}));
+    }
+    let mut spec = serde_json::Map::new();
+    for k in ["entrypoint", "args", "env", "workdir", "restart"] {
+        if let Some(v) = c.rest.get(k) {
+            spec.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(k) = c
+        .rest
+        .keys()
+        .find(|k| !["entrypoint", "args", "env", "workdir", "restart"].contains(&k.as_str()))
+    {
+        return Err(format!("unknown container member {k:?}"));
+    }
+    spec.insert("name".into(), json!(container_name(dep, &w.name)));
+    spec.insert("image".into(), image);
+    spec.insert("cpu".into(), json!(c.cpu as f64));
+    spec.insert("memory".into(), json!(c.memory));
+    if !mounts.is_empty() {
+        spec.insert("mounts".into(), json!(mounts));
+    }
+    if let Some(n) = &c.network {
+        spec.insert("network".into(), json!({"name": network_name(dep, n)}));
+    }
+    Ok(serde_json::Value::Object(spec))
+}
+
+/// `container` -> `Containers1.Create` (idempotent in the module for the
+/// same spec). Mount sources come from `Storage1.VolumeList`, so the
+/// storage module is asked too.
+pub struct ContainerDriver {
+    pub containers: ModuleConn,
+    pub storage: ModuleConn,
+}
+
+impl ContainerDriver {
+    async fn volume_paths(&self) -> Result<HashMap<String, String>, String> {
+        let conn = self.storage.get().await?;
+        let p = Storage1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+        match p.volume_list().await {
+            Ok(list) => Ok(list.into_iter().map(|v| (v.0, v.2)).collect()),
+            Err(e) => {
+                if method_error(&e).is_none() {
+                    self.storage.reset().await;
+                }
+                Err(call_error(&self.storage, e))
+            }
+        }
+    }
+
+    /// The container's logs (stdout and stderr, the last `max_bytes`).
+    pub async fn logs(&self, dep: &str, workload: &str, max_bytes: u64) -> Result<String, String> {
+        let conn = self.containers.get().await?;
+        let p = Containers1Proxy::new(&conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        p.logs(&container_name(dep, workload), max_bytes)
+            .await
+            .map_err(|e| call_error(&self.containers, e))
+    }
+}
+
+impl Driver for ContainerDriver {
+    fn apply<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let needs_volumes =
+                matches!(w.typed(), Ok(WorkloadData::Container(c)) if !c.mounts.is_empty());
+            let paths = if needs_volumes {
+                self.volume_paths().await?
+            } else {
+                HashMap::new()
+            };
+            let spec = container_spec(dep, w, &|n| paths.get(n).cloned())?;
+            let conn = self.containers.get().await?;
+            let p = Containers1Proxy::new(&conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            // No call timeout (zbus has none by default): a first Create
+            // downloads and unpacks the image, which can take minutes.
+            match p.create(&spec.to_string()).await {
+                Ok(status) => Ok(container_detail(&status)),
+                Err(e) => {
+                    if method_error(&e).is_none() {
+                        self.containers.reset().await;
+                    }
+                    Err(call_error(&self.containers, e))
+                }
+            }
+        })
+    }
+
+    fn remove<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let conn = self.containers.get().await?;
+            let p = Containers1Proxy::new(&conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            match p.delete(&container_name(dep, &w.name)).await {
+                Ok(()) => Ok(()),
+                Err(e) if method_error(&e).is_some_and(|(n, _)| n.ends_with(".NotFound")) => Ok(()),
+                Err(e) => Err(call_error(&self.containers, e)),
+            }
+        })
+    }
+
+    fn module(&self) -> Option<&ModuleConn> {
+        Some(&self.containers)
+    }
+
+    fn logs<'a>(
+        &'a self,
+        dep: &'a str,
+        workload: &'a str,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Option<Result<String, String>>> {
+        Box::pin(async move { Some(ContainerDriver::logs(self, dep, workload, max_bytes).await) })
+    }
+}
+
+/// The status detail: `container NAME STATE ADDRESS` (the address when it
+/// is on a network), from the module's status JSON.
+fn container_detail(status: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(status).unwrap_or_default();
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let mut d = format!("container {} {}", s("name"), s("state"));
+    let addr = s("address");
+    if !addr.is_empty() {
+        d.push(' ');
+        d.push_str(&addr);
+    }
+    d
+}
+
+/// `zdb` -> `Shards1.NamespaceCreate`. The password goes to the module
+/// only: never into a log line, an error or the result detail.
+pub struct ZdbDriver {
+    pub conn: ModuleConn,
+    /// The RESP listener the module last reported: NamespaceCreate answers
+    /// it, but an existing namespace (a re-apply after a reboot) does not.
+    listener: std::sync::Mutex<Option<(String, u16)>>,
+}
+
+impl ZdbDriver {
+    pub fn new(conn: ModuleConn) -> Self {
+        ZdbDriver {
+            conn,
+            listener: Default::default(),
+        }
+    }
+}
+
+struct ZdbSettings {
+    size: u64,
+    mode: String,
+    password: String,
+    public: bool,
+}
+
+fn zdb_settings(w: &Workload) -> Result<ZdbSettings, String> {
+    let Ok(WorkloadData::Zdb(z)) = w.typed() else {
+        return Err("not a zdb".into());
+    };
+    let password = match z.rest.get("password") {
+        None => String::new(),
+        Some(serde_json::Value::String(p)) => p.clone(),
+        Some(_) => return Err("zdb password: a string expected".into()),
+    };
+    let public = match z.rest.get("public") {
+        None => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(_) => return Err("zdb public: true or false expected".into()),
+    };
+    if let Some(k) = z.rest.keys().find(|k| *k != "password" && *k != "public") {
+        return Err(format!("unknown zdb member {k:?}"));
+    }
+    Ok(ZdbSettings {
+        size: z.size,
+        mode: z.mode.unwrap_or_else(|| "user".into()),
+        password,
+        public,
+    })
+}
+
+impl Driver for ZdbDriver {
+    fn apply<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let z = zdb_settings(w)?;
+            let conn = self.conn.get().await?;
+            let p = Shards1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+            let name = namespace_name(dep, &w.name);
+            let r = p
+                .namespace_create(&name, z.size, &z.mode, &z.password, z.public)
+                .await;
+            let listener = |g: &std::sync::Mutex<Option<(String, u16)>>| {
+                g.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            };
+            match r {
+                Ok((ns, host, port)) => {
+                    *self.listener.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((host.clone(), port));
+                    Ok(format!("namespace {ns} {host}:{port}"))
+                }
+                Err(e) if method_error(&e).is_some_and(|(n, _)| n.ends_with(".Exists")) => {
+                    // Idempotent: the same namespace with the same settings
+                    // is ok (after a reboot the module still has it).
+                    let info = p
+                        .namespace_info(&name)
+                        .await
+                        .map_err(|e| call_error(&self.conn, e))?;
+                    let (_, size, _, mode, public, password_set, _, _) = info;
+                    let same_mode =
+                        mode == z.mode || (mode.starts_with("seq") && z.mode.starts_with("seq"));
+                    if size != z.size
+                        || !same_mode
+                        || public != z.public
+                        || password_set == z.password.is_empty()
+                    {
+                        return Err(format!(
+                            "namespace {name} exists with other settings \
+                             (size {size}, mode {mode}, public {public}, password set {password_set})"
+                        ));
+                    }
+                    Ok(match listener(&self.listener) {
+                        Some((host, port)) => format!("namespace {name} {host}:{port}"),
+                        None => format!("namespace {name}"),
+                    })
+                }
+                Err(e) => {
+                    if method_error(&e).is_none() {
+                        self.conn.reset().await;
+                    }
+                    Err(call_error(&self.conn, e))
+                }
+            }
+        })
+    }
+
+    fn remove<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let conn = self.conn.get().await?;
+            let p = Shards1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+            match p.namespace_delete(&namespace_name(dep, &w.name)).await {
+                Ok(()) => Ok(()),
+                Err(e) if method_error(&e).is_some_and(|(n, _)| n.ends_with(".NotFound")) => Ok(()),
+                Err(e) => Err(call_error(&self.conn, e)),
+            }
+        })
+    }
+
+    fn can_change(&self, old: &Workload, new: &Workload) -> Result<(), String> {
+        if old.data != new.data {
+            // Remove + create would lose the namespace's data.
+            return Err("a zdb's settings cannot change in place; add a new zdb instead".into());
+        }
+        Ok(())
+    }
+
+    fn module(&self) -> Option<&ModuleConn> {
+        Some(&self.conn)
+    }
+}
+
 /// A type whose module is not on this node yet: every apply is an error
 /// result that says so, never a pretended success.
 pub struct Unavailable(pub &'static str);
@@ -207,15 +519,27 @@ impl Drivers {
                 cfg.storage_socket.clone(),
             ))),
         );
-        map.insert(WorkloadType::Container, Arc::new(Unavailable("containers")));
-        map.insert(WorkloadType::Zdb, Arc::new(Unavailable("shards")));
+        map.insert(
+            WorkloadType::Container,
+            Arc::new(ContainerDriver {
+                containers: ModuleConn::new("containers", cfg.containers_socket.clone()),
+                storage: ModuleConn::new("storage", cfg.storage_socket.clone()),
+            }),
+        );
+        map.insert(
+            WorkloadType::Zdb,
+            Arc::new(ZdbDriver::new(ModuleConn::new(
+                "shards",
+                cfg.shards_socket.clone(),
+            ))),
+        );
         Drivers {
             map,
             applied: Default::default(),
         }
     }
 
-    fn get(&self, t: WorkloadType) -> Option<Arc<dyn Driver>> {
+    pub fn get(&self, t: WorkloadType) -> Option<Arc<dyn Driver>> {
         self.map.get(&t).cloned()
     }
 

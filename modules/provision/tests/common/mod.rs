@@ -35,7 +35,13 @@ pub struct Node {
 pub struct Fakes {
     pub calls: Arc<Mutex<Vec<(String, String)>>>,
     pub volumes: Arc<Mutex<Vec<(String, u64)>>>,
+    /// Containers by name: the spec JSON they were created with.
+    pub containers: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    /// Namespaces: (name, size, mode, password, public).
+    pub namespaces: Arc<Mutex<Vec<FakeNamespace>>>,
 }
+
+pub type FakeNamespace = (String, u64, String, String, bool);
 
 impl Fakes {
     pub fn count(&self, method: &str) -> usize {
@@ -132,6 +138,145 @@ impl FakeNetwork {
     }
 }
 
+#[derive(Clone)]
+pub struct FakeContainers(pub Fakes);
+
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.zeronode.Containers1.Error")]
+pub enum FakeContainersError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    InvalidArgument(String),
+    NotFound(String),
+}
+
+#[zbus::interface(name = "org.zeronode.Containers1")]
+impl FakeContainers {
+    /// As the module: the same spec again is a no-op answering the status.
+    fn create(&self, spec: String) -> Result<String, FakeContainersError> {
+        let v: serde_json::Value = serde_json::from_str(&spec)
+            .map_err(|e| FakeContainersError::InvalidArgument(e.to_string()))?;
+        let name = v["name"].as_str().unwrap_or("").to_string();
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(("ContainerCreate".into(), name.clone()));
+        let mut cs = self.0.containers.lock().unwrap();
+        cs.retain(|c| c.0 != name);
+        cs.push((name.clone(), v.clone()));
+        let address = if v["network"].is_object() {
+            "10.77.0.2/24"
+        } else {
+            ""
+        };
+        Ok(serde_json::json!({"name": name, "state": "running", "address": address}).to_string())
+    }
+    fn delete(&self, name: String) -> Result<(), FakeContainersError> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(("ContainerDelete".into(), name.clone()));
+        let mut cs = self.0.containers.lock().unwrap();
+        if !cs.iter().any(|c| c.0 == name) {
+            return Err(FakeContainersError::NotFound(format!(
+                "no container {name}"
+            )));
+        }
+        cs.retain(|c| c.0 != name);
+        Ok(())
+    }
+    fn status(&self, name: String) -> Result<String, FakeContainersError> {
+        Err(FakeContainersError::NotFound(name))
+    }
+    fn logs(&self, name: String, _max_bytes: u64) -> Result<String, FakeContainersError> {
+        if !self
+            .0
+            .containers
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.0 == name)
+        {
+            return Err(FakeContainersError::NotFound(format!(
+                "no container {name}"
+            )));
+        }
+        Ok(format!("hello from {name}\n"))
+    }
+}
+
+#[derive(Clone)]
+pub struct FakeShards(pub Fakes);
+
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.zeronode.Shards1.Error")]
+pub enum FakeShardsError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    Exists(String),
+    NotFound(String),
+}
+
+#[zbus::interface(name = "org.zeronode.Shards1")]
+impl FakeShards {
+    fn namespace_create(
+        &self,
+        name: String,
+        size: u64,
+        mode: String,
+        password: String,
+        public: bool,
+    ) -> Result<(String, String, u16), FakeShardsError> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(("NamespaceCreate".into(), name.clone()));
+        let mut ns = self.0.namespaces.lock().unwrap();
+        if ns.iter().any(|n| n.0 == name) {
+            return Err(FakeShardsError::Exists(format!("Namespace {name} exists")));
+        }
+        ns.push((name.clone(), size, mode, password, public));
+        Ok((name, "0.0.0.0".into(), 9900))
+    }
+    fn namespace_delete(&self, name: String) -> Result<(), FakeShardsError> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(("NamespaceDelete".into(), name.clone()));
+        let mut ns = self.0.namespaces.lock().unwrap();
+        if !ns.iter().any(|n| n.0 == name) {
+            return Err(FakeShardsError::NotFound(name));
+        }
+        ns.retain(|n| n.0 != name);
+        Ok(())
+    }
+    #[allow(clippy::type_complexity)]
+    fn namespace_info(
+        &self,
+        name: String,
+    ) -> Result<(String, u64, u64, String, bool, bool, u64, String), FakeShardsError> {
+        let ns = self.0.namespaces.lock().unwrap();
+        let n = ns
+            .iter()
+            .find(|n| n.0 == name)
+            .ok_or_else(|| FakeShardsError::NotFound(name.clone()))?;
+        Ok((
+            n.0.clone(),
+            n.1,
+            0,
+            n.2.clone(),
+            n.4,
+            !n.3.is_empty(),
+            0,
+            "everysec".into(),
+        ))
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -200,6 +345,22 @@ impl Node {
                 )
                 .unwrap(),
             );
+            servers.push(
+                zeronode_types::bus::serve(
+                    &s("containers"),
+                    "/org/zeronode/Containers1",
+                    FakeContainers(fakes.clone()),
+                )
+                .unwrap(),
+            );
+            servers.push(
+                zeronode_types::bus::serve(
+                    &s("shards"),
+                    "/org/zeronode/Shards1",
+                    FakeShards(fakes.clone()),
+                )
+                .unwrap(),
+            );
         }
         let port = free_port();
         let mut args: Vec<String> = vec![
@@ -210,7 +371,14 @@ impl Node {
             "--watch-interval-ms".into(),
             "200".into(),
         ];
-        for m in ["identity", "ledger", "network", "storage"] {
+        for m in [
+            "identity",
+            "ledger",
+            "network",
+            "storage",
+            "containers",
+            "shards",
+        ] {
             let path = match (&modules, m) {
                 (Some((n, _)), "network") => n.clone(),
                 (Some((_, st)), "storage") => st.clone(),
