@@ -9,8 +9,9 @@ pub fn image_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../out/image"))
 }
 
-/// The 3Bot client `zn`, built by cargo into this workspace's target
-/// directory on first use (`ZN_BIN` names another one).
+/// The 3Bot client `zn`, built by cargo (debug, as `cargo test` already
+/// built it for provision's tests) into this workspace's target directory
+/// on first use (`ZN_BIN` names another one).
 pub fn zn_binary() -> Result<PathBuf, String> {
     if let Some(bin) = std::env::var_os("ZN_BIN") {
         return Ok(PathBuf::from(bin));
@@ -22,7 +23,6 @@ pub fn zn_binary() -> Result<PathBuf, String> {
         .args([
             "build",
             "--locked",
-            "--release",
             "-p",
             "zeronode-client",
             "--bin",
@@ -45,5 +45,5 @@ pub fn zn_binary() -> Result<PathBuf, String> {
     } else {
         root.join(target)
     };
-    Ok(target.join("release/zn"))
+    Ok(target.join("debug/zn"))
 }
