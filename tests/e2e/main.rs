@@ -2,8 +2,10 @@
 //! what a person at the console would. One file a concern: power.rs (boot
 //! paths, power, the console tool), storage.rs (disks, pools, node id),
 //! network.rs (the management network against a bad DHCP server),
-//! provision.rs (signed deployments through the API, self-healing).
+//! provision.rs (signed deployments through the API, self-healing),
+//! containers.rs (container workloads from an archive the host serves).
 
+mod containers;
 mod network;
 mod power;
 mod provision;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 pub use zeronode_e2e::image_dir;
 use zeronode_qemu::{Boot, Node, NodeOptions};
 
+use containers::*;
 use network::*;
 use power::*;
 use provision::*;
@@ -45,7 +48,7 @@ pub fn ensure(cond: bool, what: impl FnOnce() -> String) -> Check {
 
 fn main() {
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let cases: [Case; 11] = [
+    let cases: [Case; 12] = [
         (
             "direct_boot_ready_then_power_button",
             direct_boot_ready_then_power_button,
@@ -74,6 +77,10 @@ fn main() {
         (
             "signed_deployment_survives_a_hard_reset",
             signed_deployment_survives_a_hard_reset,
+        ),
+        (
+            "container_runs_and_comes_back_after_a_hard_reset",
+            container_runs_and_comes_back_after_a_hard_reset,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);

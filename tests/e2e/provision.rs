@@ -13,7 +13,8 @@ use super::storage::{blank_disk, power_off, HostMount};
 use super::{ensure, start, Check, BOOT_TIMEOUT};
 
 /// The owner's seed: fixed, so a failing run can be replayed by hand.
-const OWNER_SEED: &str = "5a65726f4e6f6465206f776e657220736565642c20746573747320616c6f6e65";
+pub(crate) const OWNER_SEED: &str =
+    "5a65726f4e6f6465206f776e657220736565642c20746573747320616c6f6e65";
 const MARKER: &str = "written by the host into the volume";
 
 const SPEC: &str = r#"id = "e2e-web"
@@ -30,13 +31,13 @@ data = { size = 104857600 }
 "#;
 
 /// `zn --json ARGS` in `dir`: exit code and parsed output.
-struct Zn {
-    bin: PathBuf,
-    dir: PathBuf,
+pub(crate) struct Zn {
+    pub(crate) bin: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 impl Zn {
-    fn run(&self, args: &[&str]) -> Result<(i32, Value), String> {
+    pub(crate) fn run(&self, args: &[&str]) -> Result<(i32, Value), String> {
         let out = Command::new(&self.bin)
             .current_dir(&self.dir)
             .arg("--json")
@@ -55,7 +56,7 @@ impl Zn {
 
     /// Runs against the node, pinned to its id, signed with `key`; fails
     /// unless zn exits 0.
-    fn on(&self, node: &Target, key: &str, args: &[&str]) -> Result<Value, String> {
+    pub(crate) fn on(&self, node: &Target, key: &str, args: &[&str]) -> Result<Value, String> {
         let mut a = vec![
             "--node",
             node.url.as_str(),
@@ -72,12 +73,12 @@ impl Zn {
     }
 }
 
-struct Target {
-    url: String,
-    id: String,
+pub(crate) struct Target {
+    pub(crate) url: String,
+    pub(crate) id: String,
 }
 
-fn node_opts(disk: &Path, owner: &str) -> NodeOptions {
+pub(crate) fn node_opts(disk: &Path, owner: &str) -> NodeOptions {
     let mut o = NodeOptions::new(crate::image_dir(), Boot::Direct);
     o.disks = 0;
     o.disk_files = vec![disk.to_path_buf()];
@@ -106,7 +107,7 @@ fn orders(zn: &Zn, t: &Target) -> Result<usize, String> {
 }
 
 /// Boots until ready and until the API answers; learns the node id.
-fn boot(o: &NodeOptions, zn: &Zn) -> Result<(Node, Target), String> {
+pub(crate) fn boot(o: &NodeOptions, zn: &Zn) -> Result<(Node, Target), String> {
     let mut node = start(o)?;
     node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     let url = format!("https://127.0.0.1:{}", node.api_port());

@@ -44,7 +44,7 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ctd = Containerd::start(dir.path());
         let cgroup = CgroupParent::new();
-        let archive = busybox_archive("bench");
+        let archive = busybox_archive("bench").unwrap();
         let sha = sha256_hex(&archive);
         let path = dir.path().join("bb.tar");
         std::fs::write(&path, &archive).expect("archive");

@@ -15,6 +15,7 @@
 pub mod containerd;
 pub mod dbus;
 pub mod fetch;
+pub mod fixture;
 pub mod logs;
 pub mod manager;
 pub mod netns;

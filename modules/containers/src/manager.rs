@@ -286,7 +286,10 @@ impl Manager {
         }
         let recorded = self.cfg.records_dir().join(format!("{name}.json")).exists();
         match self.bring_up(&spec, &image, t0).await {
-            Ok(st) => Ok(st),
+            Ok(st) => {
+                self.sync_to_disk();
+                Ok(st)
+            }
             Err(e) => {
                 // A new container that cannot start leaves nothing behind;
                 // a recorded one (being restored) keeps its record so the
@@ -304,6 +307,23 @@ impl Manager {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Makes what this Create wrote durable: containerd fsyncs its
+    /// metadata but not the unpacked layers nor the container's snapshot,
+    /// so a power cut in the next seconds left records naming directories
+    /// that were never written (seen after a hard reset in the boot test).
+    /// One syncfs covers the cache's filesystem, the records included.
+    fn sync_to_disk(&self) {
+        let dir = &self.cfg.state_dir;
+        match std::fs::File::open(dir) {
+            Ok(f) => {
+                if let Err(e) = nix::unistd::syncfs(&f) {
+                    tracing::warn!("syncfs on {}: {e}", dir.display());
+                }
+            }
+            Err(e) => tracing::warn!("opening {} to sync it: {e}", dir.display()),
         }
     }
 

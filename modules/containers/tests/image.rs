@@ -32,9 +32,10 @@ async fn mismatch_refused_then_import_run_and_gc() {
     }
     let dir = tempfile::tempdir().unwrap();
     let ctd = Containerd::start(dir.path());
-    let archive = busybox_archive("one");
+    let archive = busybox_archive("one").unwrap();
     let sha = sha256_hex(&archive);
-    let http = HttpServer::start(HashMap::from([("/one.tar".to_string(), archive.clone())]));
+    let http =
+        HttpServer::start(HashMap::from([("/one.tar".to_string(), archive.clone())])).unwrap();
     let url = format!("{}/one.tar", http.base);
     let file_url = {
         let p = dir.path().join("one.tar");
@@ -248,7 +249,7 @@ async fn https_archive_with_an_extra_ca() {
     ]);
     let www = d.join("www");
     std::fs::create_dir(&www).unwrap();
-    let archive = busybox_archive("tls");
+    let archive = busybox_archive("tls").unwrap();
     let sha = sha256_hex(&archive);
     std::fs::write(www.join("tls.tar"), &archive).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

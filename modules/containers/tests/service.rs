@@ -72,9 +72,9 @@ async fn containers_over_dbus() {
     let dir = tempfile::tempdir().unwrap();
     let ctd = Containerd::start(dir.path());
     let cgroup = CgroupParent::new();
-    let archive = busybox_archive("svc");
+    let archive = busybox_archive("svc").unwrap();
     let sha = sha256_hex(&archive);
-    let http = HttpServer::start(HashMap::from([("/bb.tar".to_string(), archive)]));
+    let http = HttpServer::start(HashMap::from([("/bb.tar".to_string(), archive)])).unwrap();
     let url = format!("{}/bb.tar", http.base);
     let node = Netns::new("node");
     let net_sock = dir.path().join("network.sock");

@@ -1,0 +1,232 @@
+//! Container workloads on a booted node: the host serves an OCI archive
+//! over QEMU's user network; the owner deploys network + volume + a web
+//! container; a second container reaches the web container on the
+//! workload network; a third one is held to its cgroup v2 memory limit;
+//! after a hard reset the containers run again with the volume's data.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use zeronode_containers::fixture::{busybox_archive, HttpServer};
+
+use super::provision::{boot, node_opts, Target, Zn, OWNER_SEED};
+use super::storage::{blank_disk, power_off};
+use super::{ensure, Check, BOOT_TIMEOUT};
+
+const ID: &str = "e2e-ct";
+
+/// The deployment, `probe` included once the web container's address is
+/// known (version 2).
+fn spec(url: &str, sha256: &str, probe_target: Option<&str>) -> String {
+    let mut s = format!(
+        r#"id = "{ID}"
+valid_for = 86400
+[[workloads]]
+name = "net"
+type = "network"
+data = {{ subnet = "10.78.0.0/24" }}
+[[workloads]]
+name = "data"
+type = "volume"
+data = {{ size = 67108864 }}
+[[workloads]]
+name = "web"
+type = "container"
+[workloads.data]
+image = {{ url = "{url}", sha256 = "{sha256}" }}
+cpu = 1
+memory = 33554432
+network = "net"
+mounts = [{{ volume = "data", path = "/data" }}]
+entrypoint = ["/bin/sh", "-c"]
+args = ["echo boot >> /data/boots; sync; exec httpd -f -p 8080 -h /data"]
+restart = "always"
+"#
+    );
+    // Prints its cgroup v2 memory limit, then fills a shell variable past
+    // it: the kernel kills it (no "survived") and the restart policy
+    // brings it back, so "start" shows more than once.
+    s.push_str(&format!(
+        r#"[[workloads]]
+name = "hog"
+type = "container"
+[workloads.data]
+image = {{ url = "{url}", sha256 = "{sha256}" }}
+cpu = 1
+memory = 16777216
+entrypoint = ["/bin/sh", "-c"]
+args = ["echo start memory.max=$(cat /sys/fs/cgroup/memory.max); x=$(yes | head -c 67108864); echo survived"]
+restart = "on-failure"
+"#
+    ));
+    if let Some(addr) = probe_target {
+        s.push_str(&format!(
+            r#"[[workloads]]
+name = "probe"
+type = "container"
+[workloads.data]
+image = {{ url = "{url}", sha256 = "{sha256}" }}
+cpu = 1
+memory = 33554432
+network = "net"
+entrypoint = ["/bin/sh", "-c"]
+args = ["while true; do printf 'GET /boots HTTP/1.0\\r\\n\\r\\n' | nc {addr} 8080 | tr '\\n' ' '; echo; sleep 2; done"]
+restart = "always"
+"#
+        ));
+    }
+    s
+}
+
+/// A workload's state and detail from `zn get`.
+fn workload(v: &Value, name: &str) -> (String, String) {
+    v["workloads"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| w["name"] == name))
+        .map(|w| {
+            (
+                w["state"].as_str().unwrap_or_default().to_string(),
+                w["detail"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until every workload is `ok`. Containers may take a while under
+/// TCG (the first one imports the image), and an order that comes before
+/// the containers module is up gets an error result until provision sees
+/// the module's socket appear and applies it again.
+fn wait_all_ok(zn: &Zn, t: &Target, what: &str) -> Result<Value, String> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let v = zn.on(t, "owner.key", &["get", ID])?;
+        let states: Vec<String> = v["workloads"]
+            .as_array()
+            .map(|ws| ws.iter().map(|w| w["state"].to_string()).collect())
+            .unwrap_or_default();
+        if !states.is_empty() && states.iter().all(|s| s == "\"ok\"") {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what}: {v}"));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Waits until the probe's log shows `boots` lines `n` times in one answer.
+fn wait_probe_sees(zn: &Zn, t: &Target, n: usize) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let v = zn.on(t, "owner.key", &["logs", ID, "probe"])?;
+        let text = v["logs"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
+        if let Some(line) = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("200 OK") && l.matches("boot").count() >= n)
+        {
+            return Ok(line.to_string());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the probe never saw {n} boot line(s): {text}"));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Waits until the hog has started twice with its 16 MiB cgroup v2 limit
+/// and never got past the allocation.
+fn wait_hog_killed(zn: &Zn, t: &Target) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let v = zn.on(t, "owner.key", &["logs", ID, "hog"])?;
+        let text = v["logs"].as_str().unwrap_or_default().to_string();
+        ensure(!text.contains("survived"), || {
+            format!("the hog outgrew its memory limit: {text}")
+        })?;
+        if text.matches("start memory.max=16777216").count() >= 2 {
+            return Ok(text);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the hog was not killed and restarted: {text:?}"));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+pub fn container_runs_and_comes_back_after_a_hard_reset() -> Check {
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let archive = busybox_archive("e2e").map_err(|e| format!("building the OCI archive: {e}"))?;
+    let sha256 = {
+        use std::fmt::Write;
+        let d = <sha2::Sha256 as sha2::Digest>::digest(&archive);
+        d.iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    };
+    let http = HttpServer::start(HashMap::from([("/bb.tar".to_string(), archive)]))
+        .map_err(|e| format!("serving the archive: {e}"))?;
+    // The guest reaches the host's loopback as 10.0.2.2 on QEMU's user network.
+    let port = http.base.rsplit(':').next().unwrap_or_default();
+    let url = format!("http://10.0.2.2:{port}/bb.tar");
+
+    let zn = Zn {
+        bin: zeronode_e2e::zn_binary()?,
+        dir: work.path().to_path_buf(),
+    };
+    let (rc, v) = zn.run(&["key", "import", "owner.key", "--seed", OWNER_SEED])?;
+    ensure(rc == 0, || format!("zn key import: {v}"))?;
+    let owner = v["public_key"].as_str().unwrap_or_default().to_string();
+    let disk = work.path().join("pool.raw");
+    blank_disk(&disk, 1024)?;
+    let o = node_opts(&disk, &owner);
+
+    let (mut node, t) = boot(&o, &zn)?;
+    let spec1 = work.path().join("v1.toml");
+    std::fs::write(&spec1, spec(&url, &sha256, None)).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    zn.on(&t, "owner.key", &["deploy", "v1.toml"])?;
+    let v = wait_all_ok(&zn, &t, "after the deploy")?;
+    eprintln!(
+        "    deploy to web container running: {:.1} s (image fetched and unpacked)",
+        started.elapsed().as_secs_f64()
+    );
+    let (_, detail) = workload(&v, "web");
+    let addr = detail
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("/24"))
+        .ok_or_else(|| format!("no address in the web container's detail: {detail:?}"))?
+        .to_string();
+
+    // Version 2 adds a probe on the same network that fetches /boots from web.
+    let spec2 = work.path().join("v2.toml");
+    std::fs::write(&spec2, spec(&url, &sha256, Some(&addr))).map_err(|e| e.to_string())?;
+    zn.on(
+        &t,
+        "owner.key",
+        &["build", "v2.toml", "--version", "2", "-o", "v2.json"],
+    )?;
+    zn.on(&t, "owner.key", &["update", "v2.json"])?;
+    wait_all_ok(&zn, &t, "after the update")?;
+    let seen = wait_probe_sees(&zn, &t, 1)?;
+    eprintln!("    probe: {}", seen.trim());
+    let hog = wait_hog_killed(&zn, &t)?;
+    eprintln!("    hog: {}", hog.replace('\n', " | "));
+
+    // Hard reset: the node brings both containers back by itself; web
+    // appends to the same volume file, so the probe now sees two lines.
+    node.qmp("system_reset", None).map_err(|e| e.to_string())?;
+    node.wait_ready(BOOT_TIMEOUT)
+        .map_err(|e| format!("after system_reset: {e}"))?;
+    wait_all_ok(&zn, &t, "after a hard reset")?;
+    let seen = wait_probe_sees(&zn, &t, 2)?;
+    eprintln!("    probe after the reset: {}", seen.trim());
+    let console = node.console().to_string();
+    ensure(!console.contains("panicked"), || "a module panicked".into())?;
+    power_off(node)
+}
