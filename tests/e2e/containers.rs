@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use zeronode_containers::fixture::{busybox_archive, HttpServer};
+use zeronode_containers::fixture::{busybox_archive, sha256_hex, HttpServer};
 
 use super::provision::{boot, node_opts, Target, Zn, OWNER_SEED};
 use super::storage::{blank_disk, power_off};
@@ -16,9 +16,34 @@ use super::{ensure, Check, BOOT_TIMEOUT};
 
 const ID: &str = "e2e-ct";
 
+/// One `container` workload of the busybox image, running `sh -c script`.
+fn container(
+    name: &str,
+    image: &str,
+    memory: u64,
+    extra: &str,
+    script: &str,
+    restart: &str,
+) -> String {
+    format!(
+        r#"[[workloads]]
+name = "{name}"
+type = "container"
+[workloads.data]
+image = {image}
+cpu = 1
+memory = {memory}
+{extra}entrypoint = ["/bin/sh", "-c"]
+args = ["{script}"]
+restart = "{restart}"
+"#
+    )
+}
+
 /// The deployment, `probe` included once the web container's address is
 /// known (version 2).
 fn spec(url: &str, sha256: &str, probe_target: Option<&str>) -> String {
+    let image = format!(r#"{{ url = "{url}", sha256 = "{sha256}" }}"#);
     let mut s = format!(
         r#"id = "{ID}"
 valid_for = 86400
@@ -30,51 +55,38 @@ data = {{ subnet = "10.78.0.0/24" }}
 name = "data"
 type = "volume"
 data = {{ size = 67108864 }}
-[[workloads]]
-name = "web"
-type = "container"
-[workloads.data]
-image = {{ url = "{url}", sha256 = "{sha256}" }}
-cpu = 1
-memory = 33554432
-network = "net"
-mounts = [{{ volume = "data", path = "/data" }}]
-entrypoint = ["/bin/sh", "-c"]
-args = ["echo boot >> /data/boots; sync; exec httpd -f -p 8080 -h /data"]
-restart = "always"
 "#
+    );
+    s += &container(
+        "web",
+        &image,
+        33554432,
+        "network = \"net\"\nmounts = [{ volume = \"data\", path = \"/data\" }]\n",
+        "echo boot >> /data/boots; sync; exec httpd -f -p 8080 -h /data",
+        "always",
     );
     // Prints its cgroup v2 memory limit, then fills a shell variable past
     // it: the kernel kills it (no "survived") and the restart policy
     // brings it back, so "start" shows more than once.
-    s.push_str(&format!(
-        r#"[[workloads]]
-name = "hog"
-type = "container"
-[workloads.data]
-image = {{ url = "{url}", sha256 = "{sha256}" }}
-cpu = 1
-memory = 16777216
-entrypoint = ["/bin/sh", "-c"]
-args = ["echo start memory.max=$(cat /sys/fs/cgroup/memory.max); x=$(yes | head -c 67108864); echo survived"]
-restart = "on-failure"
-"#
-    ));
+    s += &container(
+        "hog",
+        &image,
+        16777216,
+        "",
+        "echo start memory.max=$(cat /sys/fs/cgroup/memory.max); x=$(yes | head -c 67108864); echo survived",
+        "on-failure",
+    );
     if let Some(addr) = probe_target {
-        s.push_str(&format!(
-            r#"[[workloads]]
-name = "probe"
-type = "container"
-[workloads.data]
-image = {{ url = "{url}", sha256 = "{sha256}" }}
-cpu = 1
-memory = 33554432
-network = "net"
-entrypoint = ["/bin/sh", "-c"]
-args = ["while true; do printf 'GET /boots HTTP/1.0\\r\\n\\r\\n' | nc {addr} 8080 | tr '\\n' ' '; echo; sleep 2; done"]
-restart = "always"
-"#
-        ));
+        s += &container(
+            "probe",
+            &image,
+            33554432,
+            "network = \"net\"\n",
+            &format!(
+                "while true; do printf 'GET /boots HTTP/1.0\\\\r\\\\n\\\\r\\\\n' | nc {addr} 8080 | tr '\\\\n' ' '; echo; sleep 2; done"
+            ),
+            "always",
+        );
     }
     s
 }
@@ -161,14 +173,7 @@ fn wait_hog_killed(zn: &Zn, t: &Target) -> Result<String, String> {
 pub fn container_runs_and_comes_back_after_a_hard_reset() -> Check {
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let archive = busybox_archive("e2e").map_err(|e| format!("building the OCI archive: {e}"))?;
-    let sha256 = {
-        use std::fmt::Write;
-        let d = <sha2::Sha256 as sha2::Digest>::digest(&archive);
-        d.iter().fold(String::new(), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-    };
+    let sha256 = sha256_hex(&archive);
     let http = HttpServer::start(HashMap::from([("/bb.tar".to_string(), archive)]))
         .map_err(|e| format!("serving the archive: {e}"))?;
     // The guest reaches the host's loopback as 10.0.2.2 on QEMU's user network.

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-fn sha256_hex(b: &[u8]) -> String {
+/// Lowercase hex of the sha256 of `b`, as OCI digests and workload specs write it.
+pub fn sha256_hex(b: &[u8]) -> String {
     Sha256::digest(b)
         .iter()
         .map(|x| format!("{x:02x}"))
