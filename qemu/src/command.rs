@@ -126,6 +126,9 @@ pub fn qemu_command(opts: &NodeOptions, dir: &Path, serial: Serial) -> Result<Co
     if let Some(port) = opts.api_port {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{GUEST_API_PORT}"));
     }
+    for f in &opts.forwards {
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+    }
     let mut nic = String::from("virtio-net-pci,netdev=n0");
     match opts.boot {
         Boot::Direct => {
@@ -322,10 +325,15 @@ mod tests {
         let mut o = NodeOptions::new(img.path(), Boot::Direct);
         o.append = Some("zeronode.debug".into());
         o.api_port = Some(18443);
+        o.forwards = vec![crate::node::Forward {
+            host: 19900,
+            guest: 9900,
+        }];
         o.disks = 2;
         let c = format!("{:?}", qemu_command(&o, run.path(), Serial::Stdio).unwrap());
         assert!(c.contains("\"console=ttyS0 zeronode.debug\""), "{c}");
         assert!(c.contains("hostfwd=tcp:127.0.0.1:18443-:8443"), "{c}");
+        assert!(c.contains("hostfwd=tcp:127.0.0.1:19900-:9900"), "{c}");
         assert!(c.contains("\"-accel\" \"tcg\""), "{c}");
         assert!(!c.contains("-no-reboot"), "Ctrl-Alt-Del must reboot: {c}");
         assert!(run.path().join("disk1.qcow2").exists());

@@ -1,6 +1,6 @@
 //! Launching ZeroNode images in QEMU: the three boot paths (direct kernel,
-//! UEFI disk, PXE), blank disks, user networking with the API port
-//! forwarded, the serial console captured to a file, and QMP for the power
+//! UEFI disk, PXE), blank disks, user networking with the API port (and
+//! any other) forwarded, the serial console captured to a file, and QMP for the power
 //! button and Ctrl-Alt-Del. Used by `zeronode-qemu` and the end-to-end tests.
 
 pub mod command;
@@ -10,5 +10,5 @@ pub mod qmp;
 
 pub use command::{Accel, Boot, GUEST_API_PORT};
 pub use console::Console;
-pub use node::{ready_ms, Node, NodeError, NodeOptions, UdpNic};
+pub use node::{free_port, ready_ms, Forward, Node, NodeError, NodeOptions, UdpNic};
 pub use qmp::QmpError;

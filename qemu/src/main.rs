@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use zeronode_qemu::{node, Accel, Boot, Node, NodeOptions};
+use zeronode_qemu::{node, Accel, Boot, Forward, Node, NodeOptions};
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +41,10 @@ struct Args {
     /// Host port (on 127.0.0.1) forwarded to the node's API port 8443.
     #[arg(long, default_value_t = 8443)]
     api_port: u16,
+    /// Another TCP port forwarded, HOST:GUEST (host side on 127.0.0.1),
+    /// e.g. 9900:9900 for the shard store. Repeatable.
+    #[arg(long = "forward", value_name = "HOST:GUEST")]
+    forwards: Vec<Forward>,
     /// stdio (this terminal; Ctrl-A X quits QEMU) or a file to write it to.
     #[arg(long, default_value = "stdio")]
     console: String,
@@ -83,6 +87,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         console: to_file.then(|| PathBuf::from(&a.console)),
         echo: !to_file,
         udp_nics: Vec::new(),
+        forwards: a.forwards,
     };
     let started = Instant::now();
     if let Some(secs) = a.wait_ready {

@@ -44,6 +44,31 @@ pub struct NodeOptions {
     /// Extra NICs whose wire is a UDP socket on loopback: a test plays the
     /// network on the other end (e.g. a misbehaving DHCP server).
     pub udp_nics: Vec<UdpNic>,
+    /// More TCP ports forwarded from 127.0.0.1 into the guest beside the
+    /// API port (e.g. the shard store's RESP port, for several nodes).
+    pub forwards: Vec<Forward>,
+}
+
+/// Host port `host` on 127.0.0.1 forwarded to the guest's port `guest`.
+#[derive(Debug, Clone, Copy)]
+pub struct Forward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+impl std::str::FromStr for Forward {
+    type Err = String;
+
+    /// `HOST:GUEST`, two TCP ports 1-65535.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0);
+        match s.split_once(':').map(|(h, g)| (port(h), port(g))) {
+            Some((Some(host), Some(guest))) => Ok(Forward { host, guest }),
+            _ => Err(format!(
+                "forward {s:?}: HOST:GUEST expected, two TCP ports 1-65535"
+            )),
+        }
+    }
 }
 
 /// A virtio NIC whose Ethernet frames QEMU sends, one per datagram, to
@@ -73,6 +98,7 @@ impl NodeOptions {
             console: None,
             echo: false,
             udp_nics: Vec::new(),
+            forwards: Vec::new(),
         }
     }
 }
@@ -395,6 +421,16 @@ mod tests {
         assert_eq!(ready_ms("zeronode: ready in 4211 ms"), Some(4211));
         assert_eq!(ready_ms("[store] zeronode: ready in 1 ms"), None);
         assert_eq!(ready_ms("zeronode: ready in x ms"), None);
+    }
+
+    #[test]
+    fn forward_parses_two_ports() {
+        let f: Forward = "19900:9900".parse().unwrap();
+        assert_eq!((f.host, f.guest), (19900, 9900));
+        for bad in ["9900", "0:9900", "9900:70000", "a:b", ":9900"] {
+            let err = bad.parse::<Forward>().unwrap_err();
+            assert!(err.contains(bad) && err.contains("HOST:GUEST"), "{err}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use zeronode_containers::fixture::{busybox_archive, sha256_hex, HttpServer};
 
-use super::provision::{boot, node_opts, Target, Zn, OWNER_SEED};
+use super::provision::{boot, node_opts, wait_all_ok, Target, Zn, OWNER_SEED};
 use super::storage::{blank_disk, power_off};
 use super::{ensure, Check, BOOT_TIMEOUT};
 
@@ -105,28 +105,6 @@ fn workload(v: &Value, name: &str) -> (String, String) {
         .unwrap_or_default()
 }
 
-/// Waits until every workload is `ok`. Containers may take a while under
-/// TCG (the first one imports the image), and an order that comes before
-/// the containers module is up gets an error result until provision sees
-/// the module's socket appear and applies it again.
-fn wait_all_ok(zn: &Zn, t: &Target, what: &str) -> Result<Value, String> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let v = zn.on(t, "owner.key", &["get", ID])?;
-        let states: Vec<String> = v["workloads"]
-            .as_array()
-            .map(|ws| ws.iter().map(|w| w["state"].to_string()).collect())
-            .unwrap_or_default();
-        if !states.is_empty() && states.iter().all(|s| s == "\"ok\"") {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{what}: {v}"));
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
 /// Waits until the probe's log shows `boots` lines `n` times in one answer.
 fn wait_probe_sees(zn: &Zn, t: &Target, n: usize) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -196,7 +174,7 @@ pub fn container_runs_and_comes_back_after_a_hard_reset() -> Check {
     std::fs::write(&spec1, spec(&url, &sha256, None)).map_err(|e| e.to_string())?;
     let started = Instant::now();
     zn.on(&t, "owner.key", &["deploy", "v1.toml"])?;
-    let v = wait_all_ok(&zn, &t, "after the deploy")?;
+    let v = wait_all_ok(&zn, &t, ID, "after the deploy")?;
     eprintln!(
         "    deploy to web container running: {:.1} s (image fetched and unpacked)",
         started.elapsed().as_secs_f64()
@@ -217,7 +195,7 @@ pub fn container_runs_and_comes_back_after_a_hard_reset() -> Check {
         &["build", "v2.toml", "--version", "2", "-o", "v2.json"],
     )?;
     zn.on(&t, "owner.key", &["update", "v2.json"])?;
-    wait_all_ok(&zn, &t, "after the update")?;
+    wait_all_ok(&zn, &t, ID, "after the update")?;
     let seen = wait_probe_sees(&zn, &t, 1)?;
     eprintln!("    probe: {}", seen.trim());
     let hog = wait_hog_killed(&zn, &t)?;
@@ -228,7 +206,7 @@ pub fn container_runs_and_comes_back_after_a_hard_reset() -> Check {
     node.qmp("system_reset", None).map_err(|e| e.to_string())?;
     node.wait_ready(BOOT_TIMEOUT)
         .map_err(|e| format!("after system_reset: {e}"))?;
-    wait_all_ok(&zn, &t, "after a hard reset")?;
+    wait_all_ok(&zn, &t, ID, "after a hard reset")?;
     let seen = wait_probe_sees(&zn, &t, 2)?;
     eprintln!("    probe after the reset: {}", seen.trim());
     let console = node.console().to_string();

@@ -3,12 +3,14 @@
 //! paths, power, the console tool), storage.rs (disks, pools, node id),
 //! network.rs (the management network against a bad DHCP server),
 //! provision.rs (signed deployments through the API, self-healing),
-//! containers.rs (container workloads from an archive the host serves).
+//! containers.rs (container workloads from an archive the host serves),
+//! shards.rs (an object stored across three nodes' zdbs).
 
 mod containers;
 mod network;
 mod power;
 mod provision;
+mod shards;
 mod storage;
 
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ use containers::*;
 use network::*;
 use power::*;
 use provision::*;
+use shards::*;
 use storage::*;
 
 pub type Check = Result<(), String>;
@@ -48,7 +51,7 @@ pub fn ensure(cond: bool, what: impl FnOnce() -> String) -> Check {
 
 fn main() {
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let cases: [Case; 12] = [
+    let cases: [Case; 13] = [
         (
             "direct_boot_ready_then_power_button",
             direct_boot_ready_then_power_button,
@@ -81,6 +84,10 @@ fn main() {
         (
             "container_runs_and_comes_back_after_a_hard_reset",
             container_runs_and_comes_back_after_a_hard_reset,
+        ),
+        (
+            "object_survives_a_node_powered_off",
+            object_survives_a_node_powered_off,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zeronode_qemu::{Boot, Node, NodeOptions};
@@ -98,6 +99,28 @@ fn wait_ok(zn: &Zn, t: &Target, what: &str) -> Result<Value, String> {
     Ok(v)
 }
 
+/// Waits until every workload is `ok`. Containers may take a while under
+/// TCG (the first one imports the image), and an order that comes before
+/// the containers module is up gets an error result until provision sees
+/// the module's socket appear and applies it again.
+pub(crate) fn wait_all_ok(zn: &Zn, t: &Target, id: &str, what: &str) -> Result<Value, String> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let v = zn.on(t, "owner.key", &["get", id])?;
+        let states: Vec<String> = v["workloads"]
+            .as_array()
+            .map(|ws| ws.iter().map(|w| w["state"].to_string()).collect())
+            .unwrap_or_default();
+        if !states.is_empty() && states.iter().all(|s| s == "\"ok\"") {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what}: {v}"));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 /// The orders (not results) the ledger holds for the deployment.
 fn orders(zn: &Zn, t: &Target) -> Result<usize, String> {
     let v = zn.on(t, "owner.key", &["changes", "e2e-web"])?;
@@ -110,6 +133,13 @@ fn orders(zn: &Zn, t: &Target) -> Result<usize, String> {
 pub(crate) fn boot(o: &NodeOptions, zn: &Zn) -> Result<(Node, Target), String> {
     let mut node = start(o)?;
     node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    let t = api_target(&mut node, zn)?;
+    Ok((node, t))
+}
+
+/// The booted node's API through its forwarded port, pinned to the node id
+/// the API gives once the console is seen to show the same.
+pub(crate) fn api_target(node: &mut Node, zn: &Zn) -> Result<Target, String> {
     let url = format!("https://127.0.0.1:{}", node.api_port());
     let (rc, v) = zn.run(&["--node", &url, "node"])?;
     ensure(rc == 0, || format!("zn node: {v}\n{}", node.console()))?;
@@ -117,7 +147,7 @@ pub(crate) fn boot(o: &NodeOptions, zn: &Zn) -> Result<(Node, Target), String> {
     ensure(node.console().contains(&id), || {
         format!("node id {id} from the API is not the one on the console")
     })?;
-    Ok((node, Target { url, id }))
+    Ok(Target { url, id })
 }
 
 /// The single volume's directory on the pool, as the host sees it.

@@ -13,8 +13,19 @@ pub fn image_dir() -> PathBuf {
 /// built it for provision's tests) into this workspace's target directory
 /// on first use (`ZN_BIN` names another one).
 pub fn zn_binary() -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("ZN_BIN") {
-        return Ok(PathBuf::from(bin));
+    built_binary("zeronode-client", "zn", "ZN_BIN")
+}
+
+/// The objects client `zn-objects`, built as `zn` is (`ZN_OBJECTS_BIN`
+/// names another one).
+pub fn zn_objects_binary() -> Result<PathBuf, String> {
+    built_binary("zeronode-objects", "zn-objects", "ZN_OBJECTS_BIN")
+}
+
+/// `bin` of `package`, built in debug by cargo unless `env` names it.
+fn built_binary(package: &str, bin: &str, env: &str) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(env) {
+        return Ok(PathBuf::from(path));
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -24,16 +35,16 @@ pub fn zn_binary() -> Result<PathBuf, String> {
             "build",
             "--locked",
             "-p",
-            "zeronode-client",
+            package,
             "--bin",
-            "zn",
+            bin,
             "--message-format=short",
         ])
         .output()
-        .map_err(|e| format!("running cargo to build zn: {e}"))?;
+        .map_err(|e| format!("running cargo to build {bin}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "building zn: {}",
+            "building {bin}: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
@@ -45,5 +56,5 @@ pub fn zn_binary() -> Result<PathBuf, String> {
     } else {
         root.join(target)
     };
-    Ok(target.join("debug/zn"))
+    Ok(target.join("debug").join(bin))
 }

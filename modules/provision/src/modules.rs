@@ -121,6 +121,8 @@ pub trait Shards1 {
         password: &str,
         public: bool,
     ) -> zbus::Result<(String, String, u16)>;
+    /// host, port of the RESP listener.
+    fn listener(&self) -> zbus::Result<(String, u16)>;
     fn namespace_delete(&self, name: &str) -> zbus::Result<()>;
     /// name, size, used, mode, public, password set, entries, sync.
     #[allow(clippy::type_complexity)]

@@ -355,17 +355,11 @@ fn container_detail(status: &str) -> String {
 /// only: never into a log line, an error or the result detail.
 pub struct ZdbDriver {
     pub conn: ModuleConn,
-    /// The RESP listener the module last reported: NamespaceCreate answers
-    /// it, but an existing namespace (a re-apply after a reboot) does not.
-    listener: std::sync::Mutex<Option<(String, u16)>>,
 }
 
 impl ZdbDriver {
     pub fn new(conn: ModuleConn) -> Self {
-        ZdbDriver {
-            conn,
-            listener: Default::default(),
-        }
+        ZdbDriver { conn }
     }
 }
 
@@ -411,15 +405,8 @@ impl Driver for ZdbDriver {
             let r = p
                 .namespace_create(&name, z.size, &z.mode, &z.password, z.public)
                 .await;
-            let listener = |g: &std::sync::Mutex<Option<(String, u16)>>| {
-                g.lock().unwrap_or_else(|p| p.into_inner()).clone()
-            };
             match r {
-                Ok((ns, host, port)) => {
-                    *self.listener.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some((host.clone(), port));
-                    Ok(format!("namespace {ns} {host}:{port}"))
-                }
+                Ok((ns, host, port)) => Ok(format!("namespace {ns} {host}:{port}")),
                 Err(e) if method_error(&e).is_some_and(|(n, _)| n.ends_with(".Exists")) => {
                     // Idempotent: the same namespace with the same settings
                     // is ok (after a reboot the module still has it).
@@ -440,10 +427,8 @@ impl Driver for ZdbDriver {
                              (size {size}, mode {mode}, public {public}, password set {password_set})"
                         ));
                     }
-                    Ok(match listener(&self.listener) {
-                        Some((host, port)) => format!("namespace {name} {host}:{port}"),
-                        None => format!("namespace {name}"),
-                    })
+                    let (host, port) = p.listener().await.map_err(|e| call_error(&self.conn, e))?;
+                    Ok(format!("namespace {name} {host}:{port}"))
                 }
                 Err(e) => {
                     if method_error(&e).is_none() {

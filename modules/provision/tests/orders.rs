@@ -654,6 +654,11 @@ async fn containers_and_zdbs_through_their_modules() {
     assert_eq!(node.fakes.count("ContainerCreate"), 2);
     let v = settled(&c, "full", &owner).await;
     assert_eq!(by_name(&v, "db")["state"], "ok", "{v}");
+    // The re-applied namespace still tells where it is reached.
+    assert_eq!(
+        by_name(&v, "db")["detail"],
+        format!("namespace {ns_name} 0.0.0.0:9900")
+    );
     assert_eq!(by_name(&v, "web")["state"], "ok", "{v}");
 
     // The containers module restarts: its workloads come back.

@@ -131,6 +131,13 @@ impl ShardsService {
         })
     }
 
+    /// The RESP listener `(host, port)`; `0.0.0.0` is any address of the
+    /// node. NamespaceCreate answers it too, but a caller re-applying an
+    /// existing namespace (after a reboot) needs it without creating.
+    async fn listener(&self) -> (String, u16) {
+        (self.host.clone(), self.port)
+    }
+
     /// Deletes a namespace and all its data.
     async fn namespace_delete(&self, name: String) -> Result<(), Error> {
         self.blocking(move |s| s.delete(&name)).await
@@ -197,6 +204,7 @@ pub trait Shards1 {
         password: &str,
         public: bool,
     ) -> zbus::Result<NamespaceAddress>;
+    fn listener(&self) -> zbus::Result<(String, u16)>;
     fn namespace_delete(&self, name: &str) -> zbus::Result<()>;
     fn namespace_list(&self) -> zbus::Result<Vec<String>>;
     fn namespace_info(&self, name: &str) -> zbus::Result<NamespaceInfo>;

@@ -37,6 +37,9 @@ async fn namespaces_come_from_dbus_and_passwords_stay_out_of_the_logs() {
         .await
         .unwrap_err();
     assert!(again.to_string().contains("Exists"), "{again}");
+    // A caller re-applying the namespace learns where it is reached.
+    let (host, port) = shards.listener().await.unwrap();
+    assert_eq!(format!("{host}:{port}"), p.addr);
     let bad = shards
         .namespace_create("../etc", 0, "user", "", true)
         .await

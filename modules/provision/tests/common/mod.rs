@@ -241,6 +241,9 @@ impl FakeShards {
         ns.push((name.clone(), size, mode, password, public));
         Ok((name, "0.0.0.0".into(), 9900))
     }
+    fn listener(&self) -> (String, u16) {
+        ("0.0.0.0".into(), 9900)
+    }
     fn namespace_delete(&self, name: String) -> Result<(), FakeShardsError> {
         self.0
             .calls
