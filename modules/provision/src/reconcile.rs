@@ -363,6 +363,16 @@ impl ZdbDriver {
     }
 }
 
+/// A zdb mode in one spelling: the module answers 0-db's names (`userkey`,
+/// `sequential`), a deployment may say `user` or `seq`.
+fn zdb_mode(mode: &str) -> &str {
+    match mode {
+        "user" | "userkey" => "user",
+        "seq" | "sequential" => "seq",
+        other => other,
+    }
+}
+
 struct ZdbSettings {
     size: u64,
     mode: String,
@@ -415,8 +425,7 @@ impl Driver for ZdbDriver {
                         .await
                         .map_err(|e| call_error(&self.conn, e))?;
                     let (_, size, _, mode, public, password_set, _, _) = info;
-                    let same_mode =
-                        mode == z.mode || (mode.starts_with("seq") && z.mode.starts_with("seq"));
+                    let same_mode = zdb_mode(&mode) == zdb_mode(&z.mode);
                     if size != z.size
                         || !same_mode
                         || public != z.public

@@ -267,11 +267,17 @@ impl FakeShards {
             .iter()
             .find(|n| n.0 == name)
             .ok_or_else(|| FakeShardsError::NotFound(name.clone()))?;
+        // The module answers 0-db's names for the modes.
+        let mode = match n.2.as_str() {
+            "user" => "userkey",
+            "seq" => "sequential",
+            other => other,
+        };
         Ok((
             n.0.clone(),
             n.1,
             0,
-            n.2.clone(),
+            mode.into(),
             n.4,
             !n.3.is_empty(),
             0,
