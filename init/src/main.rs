@@ -52,6 +52,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<RunOptions, Stri
         control_socket: control,
         ready_clock: ReadyClock::ProcessStart(std::time::Instant::now()),
         subreaper: true,
+        on_ready: None,
     })
 }
 

@@ -42,6 +42,9 @@ pub struct RunOptions {
     pub ready_clock: ReadyClock,
     /// Become a child subreaper so orphans of services are reaped here (process mode).
     pub subreaper: bool,
+    /// Told once, when the ready line is out (PID 1 then loads the kernel
+    /// modules nothing on the way to ready needs).
+    pub on_ready: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// What ended the run: what the caller (PID 1) must do to the machine.
@@ -96,6 +99,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<PowerAction> {
         if !ready_said && sup.is_ready() {
             say_ready(&opts.ready_clock);
             ready_said = true;
+            sup.release_after_ready();
+            if let Some(tx) = &opts.on_ready {
+                let _ = tx.send(());
+            }
         }
         tokio::select! {
             _ = sigchld.recv() => sup.reap(),

@@ -47,7 +47,8 @@ fn boot() -> Result<std::convert::Infallible, String> {
         tracing::warn!("bringing lo up: {e}");
     }
     write_boot_config(&cfg);
-    load_modules();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    load_modules(ready_rx);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -58,6 +59,7 @@ fn boot() -> Result<std::convert::Infallible, String> {
         control_socket: Some(CONTROL_SOCKET.into()),
         ready_clock: ReadyClock::KernelBoot,
         subreaper: false,
+        on_ready: Some(ready_tx),
     };
     let action = runtime.block_on(async {
         power_button::spawn_watchers();
@@ -110,16 +112,14 @@ fn write_boot_config(cfg: &BootConfig) {
     }
 }
 
-/// The image's fixed list, then every device's driver. Failures are
-/// reported and boot goes on: a missing NIC driver is not a reason to stop.
 /// Every device's driver, before any service starts (a service may need
 /// its NIC or disk). The modules of CPU features (kvm...) and the image's
-/// fixed list load on a thread beside the supervisor: those (kvm, bridge,
-/// veth, nf_tables...) serve workloads, and the kernel asks for most of
-/// them itself through /sbin/modprobe, so they only warm up the first use
-/// and need not hold the ready line back. Failures are reported and boot
-/// goes on.
-fn load_modules() {
+/// fixed list load on a thread once the node is ready (`ready` fires):
+/// those (kvm, bridge, veth, nf_tables...) serve workloads, and the kernel
+/// asks for most of them itself through /sbin/modprobe, so they only warm
+/// up the first use and must not compete with the way to ready for the
+/// CPU. Failures are reported and boot goes on.
+fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
     let release = match nix::sys::utsname::uname() {
         Ok(u) => u.release().to_string_lossy().into_owned(),
         Err(e) => return tracing::warn!("uname: {e}; no kernel modules loaded"),
@@ -140,6 +140,8 @@ fn load_modules() {
     let spawned = std::thread::Builder::new()
         .name("modules-load".into())
         .spawn(move || {
+            // A closed channel (the supervisor gave up) loads them too.
+            let _ = ready.recv();
             let mut report = kmod::LoadReport::default();
             loader.load_many(fixed, &mut report);
             log_report("CPU features and fixed module list", &report);

@@ -191,8 +191,11 @@ pub struct Supervisor {
     /// Services marked `ready`, and how many of them are up now.
     marked: usize,
     marked_up: usize,
-    /// Services never started, refused or failed yet.
+    /// Services never started, refused or failed yet (but those that
+    /// wait for the ready line).
     unsettled: usize,
+    /// The ready line is out: `after_ready` services may start.
+    released: bool,
 }
 
 impl Supervisor {
@@ -223,7 +226,7 @@ impl Supervisor {
     }
 
     /// A supervisor for these services, none started yet.
-    pub fn new(specs: Vec<Service>) -> (Supervisor, Channels) {
+    pub fn new(mut specs: Vec<Service>) -> (Supervisor, Channels) {
         let after: BTreeMap<String, Vec<String>> = specs
             .iter()
             .map(|s| (s.name.clone(), s.after.clone()))
@@ -238,6 +241,23 @@ impl Supervisor {
             .iter()
             .map(|s| s.after.iter().filter_map(|d| ids.get(d).copied()).collect())
             .collect();
+        // A service the ready line needs, even through others, cannot
+        // wait for the ready line: it starts at boot, and says so.
+        let mut needed: Vec<usize> = (0..specs.len()).filter(|&i| specs[i].ready).collect();
+        let mut seen = vec![false; specs.len()];
+        while let Some(i) = needed.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            if specs[i].after_ready {
+                tracing::error!(
+                    "service {}: after_ready ignored: the ready line needs it",
+                    specs[i].name
+                );
+                specs[i].after_ready = false;
+            }
+            needed.extend_from_slice(&deps[i]);
+        }
         let mut dependents = vec![Vec::new(); specs.len()];
         for (i, ds) in deps.iter().enumerate() {
             for &d in ds {
@@ -276,7 +296,10 @@ impl Supervisor {
         let sup = Supervisor {
             marked: svcs.iter().filter(|s| s.spec.ready).count(),
             marked_up: 0,
-            unsettled: svcs.iter().filter(|s| s.state == State::Waiting).count(),
+            unsettled: svcs
+                .iter()
+                .filter(|s| s.state == State::Waiting && !s.spec.after_ready)
+                .count(),
             svcs,
             ids,
             deps,
@@ -286,6 +309,7 @@ impl Supervisor {
             logs: Some(logs),
             wake: Vec::new(),
             shutting_down: false,
+            released: false,
         };
         let channels = Channels {
             events: events_rx,
@@ -301,8 +325,20 @@ impl Supervisor {
         self.settle();
     }
 
+    /// The ready line is out: starts the `after_ready` services (as their
+    /// `after` lists allow).
+    pub fn release_after_ready(&mut self) {
+        if !self.released {
+            self.released = true;
+            let deferred = (0..self.svcs.len()).filter(|&i| self.svcs[i].spec.after_ready);
+            self.wake.extend(deferred.collect::<Vec<_>>());
+            self.settle();
+        }
+    }
+
     /// True once every service marked `ready` is up; with none marked, once
-    /// every service has been started, refused or has failed.
+    /// every service but the `after_ready` ones has been started, refused
+    /// or has failed.
     pub fn is_ready(&self) -> bool {
         if self.marked > 0 {
             self.marked_up == self.marked
@@ -328,7 +364,9 @@ impl Supervisor {
         let svc = &mut self.svcs[id];
         if !svc.settled && state != State::Waiting {
             svc.settled = true;
-            self.unsettled = self.unsettled.saturating_sub(1);
+            if !svc.spec.after_ready {
+                self.unsettled = self.unsettled.saturating_sub(1);
+            }
         }
         svc.state = state;
         svc.since = Instant::now();
@@ -350,6 +388,7 @@ impl Supervisor {
         while let Some(id) = self.wake.pop() {
             if !self.shutting_down
                 && self.svcs[id].state == State::Waiting
+                && (self.released || !self.svcs[id].spec.after_ready)
                 && self.deps[id].iter().all(|&d| self.is_up(d))
             {
                 self.spawn(id);
@@ -720,6 +759,66 @@ mod tests {
         assert!(!sup.is_up(2), "a running oneshot is not up");
         sup.set_state(2, State::Done);
         assert!(sup.is_up(2));
+    }
+
+    #[test]
+    fn after_ready_services_wait_for_the_ready_line_and_do_not_hold_it() {
+        // Spawning captures output through the runtime's reactor.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _enter = rt.enter();
+        let (mut sup, _ch) = Supervisor::new(specs(&[
+            ("api", "command = [\"/bin/true\"]\nready = true"),
+            ("late", "command = [\"/bin/true\"]\nafter_ready = true"),
+            ("later", "command = [\"/bin/true\"]\nafter = [\"late\"]"),
+            ("base", "command = [\"/bin/true\"]\nafter_ready = true"),
+            (
+                "db",
+                "command = [\"/bin/true\"]\nafter = [\"base\"]\nready = true",
+            ),
+        ]));
+        // db is on the way to ready, so base cannot wait for it.
+        assert!(!sup.svcs[3].spec.after_ready);
+        assert!(sup.svcs[1].spec.after_ready);
+        sup.wake.extend(0..5);
+        sup.wake.retain(|&i| i == 1);
+        sup.settle();
+        assert_eq!(
+            sup.svcs[1].state,
+            State::Waiting,
+            "late started before ready"
+        );
+        for id in [0, 2, 3, 4] {
+            sup.set_state(
+                id,
+                State::Running {
+                    pid: 10 + id as i32,
+                },
+            );
+        }
+        assert!(sup.is_ready(), "ready waited for an after_ready service");
+        // Once released, late starts (here: /bin/true is spawned for real).
+        sup.release_after_ready();
+        assert_ne!(sup.svcs[1].state, State::Waiting);
+        assert!(sup.released);
+    }
+
+    #[test]
+    fn ready_and_after_ready_together_are_refused() {
+        let err = Service::parse(
+            "x",
+            "command = [\"/bin/true\"]\nready = true\nafter_ready = true",
+            Path::new("x.toml"),
+            "",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("after_ready") && err.contains("x.toml"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -62,6 +62,8 @@ struct File {
     #[serde(default)]
     ready: bool,
     #[serde(default)]
+    after_ready: bool,
+    #[serde(default)]
     restart: RestartFile,
     health: Option<HealthFile>,
     #[serde(default)]
@@ -118,6 +120,7 @@ struct LogFile {
 /// after = ["network"]           # services that must be up first
 /// kind = "longrun"              # "longrun" (default) or "oneshot"
 /// ready = true                  # the node's ready line waits for this one
+/// after_ready = false           # or: start only once the ready line is out
 /// [restart]
 /// policy = "always"             # "always", "on-failure", "never"
 /// initial_ms = 100              # first delay; then times `factor`, up to `max_ms`
@@ -148,6 +151,9 @@ pub struct Service {
     pub after: Vec<String>,
     pub kind: Kind,
     pub ready: bool,
+    /// Starts only once the node's ready line is out: a service nothing on
+    /// the way to ready needs, kept from competing with it for the CPU.
+    pub after_ready: bool,
     pub restart: Backoff,
     pub policy: RestartPolicy,
     pub health: Option<Health>,
@@ -246,6 +252,13 @@ impl Service {
                 })
             })
             .transpose()?;
+        if f.ready && f.after_ready {
+            return Err(invalid(
+                "after_ready",
+                "true".into(),
+                "a service the ready line waits for cannot wait for the ready line",
+            ));
+        }
         let kind = f.kind.unwrap_or(Kind::Longrun);
         let policy = f.restart.policy.unwrap_or(match kind {
             Kind::Longrun => RestartPolicy::Always,
@@ -315,6 +328,7 @@ impl Service {
             after: f.after,
             kind,
             ready: f.ready,
+            after_ready: f.after_ready,
             restart: Backoff {
                 initial: Duration::from_millis(initial_ms),
                 max: Duration::from_millis(max_ms),

@@ -34,6 +34,10 @@ struct Cli {
     /// and never sees the node key.
     #[arg(long, default_value = "/run/zeronode/identity.sock")]
     identity_socket: PathBuf,
+    /// How long to wait for the identity module's socket to appear: the
+    /// ledger starts beside identity at boot rather than after it.
+    #[arg(long, default_value_t = 60)]
+    identity_wait_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +128,7 @@ fn serve(cli: &Cli, opts: Options) -> Result<()> {
         None => Arc::new(
             rt.block_on(IdentitySigner::connect(
                 &cli.identity_socket,
+                std::time::Duration::from_secs(cli.identity_wait_secs),
                 rt.handle().clone(),
             ))
             .with_context(|| {
@@ -168,8 +173,23 @@ struct IdentitySigner {
 }
 
 impl IdentitySigner {
-    async fn connect(socket: &std::path::Path, rt: tokio::runtime::Handle) -> Result<Self> {
-        let conn = zeronode_types::bus::connect(socket).await?;
+    /// Connects once the module answers on `socket`, waiting up to `wait`
+    /// for it to come up.
+    async fn connect(
+        socket: &std::path::Path,
+        wait: std::time::Duration,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Self> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let conn = loop {
+            match zeronode_types::bus::connect(socket).await {
+                Ok(conn) => break conn,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(e).context(format!("no answer within {} s", wait.as_secs()))
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
         let proxy = Identity1Proxy::new(&conn).await?;
         let info = proxy.info().await?;
         let public_key = zeronode_identity::service::parse_public_key(&info.public_key)
