@@ -558,17 +558,35 @@ impl Ledger {
     fn chain_state(env: &Env<WithoutTls>, dbs: &Dbs) -> Result<(Tip, Frontier)> {
         let rtxn = env.read_txn()?;
         let size = entry_count(&rtxn, dbs)?;
-        let (prev, last_time) = match dbs.entries.last(&rtxn)? {
-            None => ([0u8; 32], 0),
-            Some((_, record)) => {
-                let seq = size - 1;
-                let (body, _) = entry::split_record(record)
-                    .map_err(|source| LedgerError::Decode { seq, source })?;
-                let h = entry::decode_header(body)
-                    .map_err(|source| LedgerError::Decode { seq, source })?;
-                (entry::body_hash(body), h.time_ms)
-            }
+        fn header(seq: u64, record: &[u8]) -> Result<(entry::Header, &[u8], [u8; 64])> {
+            entry::split_record(record)
+                .and_then(|(body, sig)| Ok((entry::decode_header(body)?, body, *sig)))
+                .map_err(|source| LedgerError::Decode { seq, source })
+        }
+        let mut tip = Tip {
+            next_seq: size,
+            prev: [0; 32],
+            last_time: 0,
+            sigs: [0; 32],
         };
+        if let Some((_, record)) = dbs.entries.last(&rtxn)? {
+            let (h, body, _) = header(size - 1, record)?;
+            tip.prev = entry::body_hash(body);
+            tip.last_time = h.time_ms;
+            // The last entry names the chain up to its group; the rest of
+            // the chain is that group's signatures (version 1: no chain).
+            if let Some(c) = h.sig_chain {
+                tip.sigs = c.hash;
+                for seq in c.upto..size {
+                    let record = dbs
+                        .entries
+                        .get(&rtxn, &seq.to_be_bytes())?
+                        .ok_or_else(|| LedgerError::Corrupt(format!("entry {seq} is missing")))?;
+                    let (_, _, sig) = header(seq, record)?;
+                    tip.sigs = entry::chain_signature(&tip.sigs, &sig);
+                }
+            }
+        }
         let frontier = Frontier::load(
             &TreeReader {
                 txn: &rtxn,
@@ -576,11 +594,6 @@ impl Ledger {
             },
             size,
         )?;
-        let tip = Tip {
-            next_seq: size,
-            prev,
-            last_time,
-        };
         Ok((tip, frontier))
     }
 

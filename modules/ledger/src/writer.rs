@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 
 use heed::{Env, PutFlags, WithoutTls};
 
-use crate::entry::{self, EntryMeta, Hash, Kind};
+use crate::entry::{self, EntryMeta, Hash, Kind, SigChain};
 use crate::signer::Signer;
 use crate::store::{derive, now_ms, Dbs, Frontier, LedgerError, Receipt, Result, META_INDEXED_TO};
 
@@ -44,6 +44,8 @@ pub(crate) struct Tip {
     pub next_seq: u64,
     pub prev: Hash,
     pub last_time: u64,
+    /// The signature chain over every entry before `next_seq`.
+    pub sigs: Hash,
 }
 
 /// A group encoded, hashed and signed on top of `base`.
@@ -131,6 +133,12 @@ fn seal(
     let mut records = Vec::with_capacity(requests.len());
     let mut hashes = Vec::with_capacity(requests.len());
     let mut prev = tip.prev;
+    // The group's own signatures are not known yet: every entry of it
+    // vouches for the signatures before the group.
+    let sig_chain = SigChain {
+        upto: tip.next_seq,
+        hash: tip.sigs,
+    };
     for (i, req) in requests.iter().enumerate() {
         let mut record = Vec::new();
         entry::encode_body(
@@ -138,6 +146,7 @@ fn seal(
             time_ms,
             req.kind,
             &prev,
+            Some(&sig_chain),
             &req.meta,
             &req.payload,
             &mut record,
@@ -158,13 +167,16 @@ fn seal(
         }
         Err(e) => return Err((e.into(), requests)),
     };
+    let mut sigs = tip.sigs;
     for (record, sig) in records.iter_mut().zip(&signatures) {
         record.extend_from_slice(sig);
+        sigs = entry::chain_signature(&sigs, sig);
     }
     let end = Tip {
         next_seq: tip.next_seq + requests.len() as u64,
         prev,
         last_time: time_ms,
+        sigs,
     };
     Ok(Sealed {
         base: tip,
@@ -252,6 +264,10 @@ fn commit(env: &Env<WithoutTls>, dbs: &Dbs, frontier: &mut Frontier, group: &Sea
             } else {
                 group.hashes[i - 1]
             },
+            sig_chain: Some(SigChain {
+                upto: group.base.next_seq,
+                hash: group.base.sigs,
+            }),
         };
         derive(
             &mut wtxn,
