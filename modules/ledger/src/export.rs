@@ -124,8 +124,11 @@ impl Ledger {
         }
         dbs.meta
             .put(&mut wtxn, b"indexed_to", &header.count.to_be_bytes())?;
-        dbs.meta
-            .put(&mut wtxn, b"index_version", &1u32.to_be_bytes())?;
+        dbs.meta.put(
+            &mut wtxn,
+            b"index_version",
+            &store::INDEX_VERSION.to_be_bytes(),
+        )?;
         wtxn.commit()?;
         env.force_sync()?;
         Ok(header)

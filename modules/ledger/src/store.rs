@@ -4,7 +4,8 @@
 //!
 //! Databases (all keys big-endian so byte order is numeric order):
 //! - `entries`: seq -> record (`body || signature`), the only primary data
-//! - `tree`: level(u8) || index(u64) -> complete subtree hash
+//! - `tree`: position(u64) in creation order -> complete subtree hash
+//!   (see [`tree_key`])
 //! - `hash`: entry hash -> seq
 //! - `deploy`, `owner`, `workload`, `kind`, `time`: see [`crate::index`]
 //! - `live`: deployment id -> version || seq of its latest live entry
@@ -34,8 +35,8 @@ use crate::writer::{self, Request, Tip};
 type Db = Database<'static, Bytes, Bytes>;
 
 /// Bumped when the derived databases change shape: a mismatch at open
-/// rebuilds them all from the entries.
-const INDEX_VERSION: u32 = 1;
+/// rebuilds them all from the entries. 2: tree keys in creation order.
+pub(crate) const INDEX_VERSION: u32 = 2;
 /// Entries re-derived in one transaction when rebuilding.
 const REBUILD_TXN: u64 = 8192;
 
@@ -214,11 +215,20 @@ impl Frontier {
     }
 }
 
-pub(crate) fn tree_key(level: u8, index: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = level;
-    k[1..].copy_from_slice(&index.to_be_bytes());
-    k
+/// The key of the complete subtree at `level` and `index`: its position
+/// in the order appends create nodes (post-order). Appends then only add
+/// keys at the end of the `tree` database, so a group commit dirties its
+/// last pages instead of one page per level.
+pub(crate) fn tree_key(level: u8, index: u64) -> [u8; 8] {
+    // The node is completed by leaf m, after the 2m - popcount(m) nodes of
+    // the leaves before m, the leaf m itself and the `level - 1` nodes
+    // below it on m's path.
+    let m = (index.wrapping_add(1) << level).wrapping_sub(1);
+    let pos = m
+        .wrapping_mul(2)
+        .wrapping_sub(u64::from(m.count_ones()))
+        .wrapping_add(u64::from(level));
+    pos.to_be_bytes()
 }
 
 /// Reads stored tree nodes inside a transaction.
@@ -983,4 +993,29 @@ pub fn simulate_index_lag(dir: &Path, indexed_to: u64, opts: &Options) -> Result
     wtxn.commit()?;
     catch_up_to(&env, &dbs, indexed_to)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_keys_follow_the_order_appends_create_nodes() {
+        let mut frontier = Frontier::default();
+        let mut next = 0u64;
+        for i in 0..1000u32 {
+            let h = *blake3::hash(&i.to_be_bytes()).as_bytes();
+            frontier
+                .push(&h, |level, index, _| {
+                    assert_eq!(
+                        tree_key(level, index),
+                        next.to_be_bytes(),
+                        "{level}/{index}"
+                    );
+                    next += 1;
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+        }
+    }
 }
