@@ -27,6 +27,14 @@ pub trait Signer: Send + Sync {
     fn sign_batch(&self, hashes: &[Hash]) -> Result<Vec<[u8; 64]>, SignError> {
         hashes.iter().map(|h| self.sign(h)).collect()
     }
+
+    /// True when the signatures this signer returns are valid by
+    /// construction (it holds the key and signs in this process). The
+    /// ledger checks any other signer's signatures before it chains them
+    /// into later entries, since the audit then relies on the chain.
+    fn signs_in_process(&self) -> bool {
+        false
+    }
 }
 
 /// Fewest signatures a batch spreads over the cores.
@@ -83,6 +91,12 @@ impl Signer for KeySigner {
 
     fn sign(&self, hash: &Hash) -> Result<[u8; 64], SignError> {
         Ok(self.key.sign(hash).to_bytes())
+    }
+
+    /// ed25519-dalek signs with the key whose public key the ledger
+    /// records: nothing for the ledger to check.
+    fn signs_in_process(&self) -> bool {
+        true
     }
 
     /// Group commits are signed on every core: signing is most of the

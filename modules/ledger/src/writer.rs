@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 
 use heed::{Env, PutFlags, WithoutTls};
 
+use crate::batch;
 use crate::entry::{self, EntryMeta, Hash, Kind, SigChain};
 use crate::signer::Signer;
 use crate::store::{derive, now_ms, Dbs, Frontier, LedgerError, Receipt, Result, META_INDEXED_TO};
@@ -167,6 +168,15 @@ fn seal(
         }
         Err(e) => return Err((e.into(), requests)),
     };
+    // Chaining a signature in vouches for it in every later entry, and
+    // verify relies on that rather than check it again: only signatures
+    // that verify are chained in. A signer in this process makes valid
+    // ones; another's (identity over D-Bus) get one same-key batch check.
+    if !signer.signs_in_process() && !signatures_verify(signer, &hashes, &signatures) {
+        let e =
+            LedgerError::WriteFailed("the signer returned a signature that does not verify".into());
+        return Err((e, requests));
+    }
     let mut sigs = tip.sigs;
     for (record, sig) in records.iter_mut().zip(&signatures) {
         record.extend_from_slice(sig);
@@ -186,6 +196,15 @@ fn seal(
         hashes,
         requests,
     })
+}
+
+fn signatures_verify(signer: &dyn Signer, hashes: &[Hash], signatures: &[[u8; 64]]) -> bool {
+    let items: Vec<(&[u8], &[u8; 64])> = hashes
+        .iter()
+        .map(|h| &h[..])
+        .zip(signatures.iter())
+        .collect();
+    batch::verify_same_key(&signer.public_key(), &items)
 }
 
 fn commit_loop(

@@ -763,3 +763,51 @@ fn a_version_1_ledger_continues_in_version_2_and_verifies() {
         }
     }
 }
+
+/// A signer outside the process (as identity over D-Bus is) that can be
+/// made to answer a broken signature.
+struct RemoteSigner {
+    key: KeySigner,
+    break_next: std::sync::atomic::AtomicBool,
+}
+
+impl Signer for RemoteSigner {
+    fn public_key(&self) -> [u8; 32] {
+        self.key.public_key()
+    }
+
+    fn sign(&self, hash: &[u8; 32]) -> Result<[u8; 64], zeronode_ledger::signer::SignError> {
+        let mut sig = self.key.sign(hash)?;
+        if self
+            .break_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            sig[40] ^= 1;
+        }
+        Ok(sig)
+    }
+}
+
+#[test]
+fn a_signature_that_does_not_verify_is_never_chained_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Arc::new(RemoteSigner {
+        key: KeySigner::from_seed(&[1; 32]),
+        break_next: false.into(),
+    });
+    let l = Ledger::open(dir.path(), signer.clone(), Options::default()).unwrap();
+    fill(&l, 5);
+    signer
+        .break_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = l
+        .append(Kind::Event, EntryMeta::default(), b"x".to_vec())
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::WriteFailed(_)), "{err}");
+    assert_eq!(l.len().unwrap(), 5);
+    let r = l
+        .append(Kind::Event, EntryMeta::default(), b"y".to_vec())
+        .unwrap();
+    assert_eq!(r.seq, 5);
+    assert!(l.verify().unwrap().is_ok());
+}
