@@ -6,7 +6,8 @@
 //! - inclusion and consistency proof generation at 1M entries
 //! - open time after a SIGKILL at 1M entries
 //!
-//! `LEDGER_BENCH_ENTRIES` changes the 1M (for a quick run).
+//! `LEDGER_BENCH_ENTRIES` changes the 1M (for a quick run);
+//! `LEDGER_BENCH_ONLY=appends|verify|big` runs one part (to profile it).
 //! The crash child is this binary run again with `CHILD_ENV` set.
 
 use std::path::Path;
@@ -162,6 +163,8 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
+    let only = std::env::var("LEDGER_BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let mut rows: Vec<Row> = Vec::new();
     let mut row = |name: &str, value: String| {
         eprintln!("{name}: {value}");
@@ -183,12 +186,12 @@ fn main() {
     );
 
     // Durable appends, 1 KiB documents.
-    {
+    if part("appends") {
         let l = open(&base.path().join("one"));
         let r = append_load(&l, 1, 2000, 1024);
         row("durable appends/s, 1 writer, 1 KiB", format!("{r:.0}"));
     }
-    {
+    if part("appends") {
         let l = open(&base.path().join("many"));
         let r = append_load(&l, 64, 500, 1024);
         row("durable appends/s, 64 writers, 1 KiB", format!("{r:.0}"));
@@ -201,7 +204,7 @@ fn main() {
         );
     }
     // The same load where fsync costs nothing: the code's own ceiling.
-    if Path::new("/dev/shm").is_dir() {
+    if part("appends") && Path::new("/dev/shm").is_dir() {
         let shm = tempfile::Builder::new()
             .prefix("ledger-bench")
             .tempdir_in("/dev/shm")
@@ -215,7 +218,12 @@ fn main() {
     }
 
     // Verify speed on realistic documents.
-    for (size, count) in [(1024usize, 40_000u64), (4096, 20_000)] {
+    let sizes: &[(usize, u64)] = if part("verify") {
+        &[(1024, 40_000), (4096, 20_000)]
+    } else {
+        &[]
+    };
+    for &(size, count) in sizes {
         let dir = base.path().join(format!("verify-{size}"));
         let l = open(&dir);
         async_load(&l, 1024, count / 1024, size);
@@ -242,7 +250,7 @@ fn main() {
 
     // The big ledger: proofs and recovery.
     let dir = base.path().join("big");
-    {
+    if part("big") {
         let l = open(&dir);
         let start = Instant::now();
         let rate = async_load(&l, 1024, big / 1024, 200);
@@ -317,7 +325,7 @@ fn main() {
     }
 
     // Open after a crash: a child appends to the big ledger and is killed.
-    {
+    if part("big") {
         let exe = std::env::current_exe().expect("exe");
         let mut child = std::process::Command::new(exe)
             .env(CHILD_ENV, &dir)

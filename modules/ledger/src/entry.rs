@@ -1,4 +1,4 @@
-//! One ledger entry and its binary encoding, version 1.
+//! One ledger entry and its binary encoding, versions 1 and 2.
 //!
 //! The layout (all integers big-endian) is written out in the crate's
 //! README so an auditor can re-implement it:
@@ -6,11 +6,14 @@
 //! ```text
 //! body:
 //!   0x45 'E'            1   tag, separates entry hashes from tree-head hashes
-//!   0x01                1   encoding version
+//!   0x01 or 0x02        1   encoding version
 //!   seq                 8   u64, 0 for the first entry
 //!   time                8   u64, unix milliseconds, never decreasing
 //!   kind                1   1 grant, 2 deploy, 3 update, 4 delete, 5 result, 6 event
 //!   prev                32  blake3 hash of the previous entry's body, zeros for seq 0
+//!   (version 2 only)
+//!   sigs upto           8   u64 m: the entries before seq m ...
+//!   sigs hash           32  ... have their signatures chained into this hash
 //!   deployment          2+n u16 length, UTF-8 (empty: none)
 //!   version             8   u64 deployment version
 //!   owner               2+n u16 length, UTF-8 owner or twin key (empty: none)
@@ -20,6 +23,14 @@
 //! ```
 //!
 //! The entry's hash is `blake3(body)`; the stored record is `body || signature`.
+//!
+//! Version 2 adds the signature chain: `C = 0^32`, then for each version-2
+//! entry in seq order `C = blake3(0x53 || C || signature)`. An entry's
+//! `(m, hash)` says that `hash` is `C` over the version-2 entries before
+//! seq `m`, where `m` is the first seq of the group commit it was sealed in
+//! (the signatures of its own group are not known when it is encoded). So
+//! a node signature on a later entry also vouches for the signatures
+//! before it; see `verify` and the README for how the audit uses that.
 
 use std::fmt;
 
@@ -29,8 +40,12 @@ const FIXED_HEADER: usize = 2 + 8 + 8 + 1 + 32;
 pub const SIGNATURE_LEN: usize = 64;
 /// The first byte of every entry body.
 pub const ENTRY_TAG: u8 = 0x45;
-/// The encoding this code writes and reads.
-pub const ENCODING_VERSION: u8 = 1;
+/// The encoding this code writes; it reads 1 and 2.
+pub const ENCODING_VERSION: u8 = 2;
+/// Bytes the version-2 signature chain adds after `prev`.
+const SIG_CHAIN_LEN: usize = 8 + 32;
+/// The first byte of each step of the signature chain ('S').
+pub const SIG_CHAIN_TAG: u8 = 0x53;
 /// Largest payload accepted: a signed deployment document is far smaller.
 pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
 /// Largest index string (deployment id, owner, workload name).
@@ -120,6 +135,23 @@ pub struct EntryMeta {
     pub workloads: Vec<String>,
 }
 
+/// A version-2 entry's claim on the signature chain: `hash` is the chain
+/// over the signatures of the version-2 entries before seq `upto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SigChain {
+    pub upto: u64,
+    pub hash: Hash,
+}
+
+/// One step of the signature chain: `blake3(0x53 || chain || signature)`.
+pub fn chain_signature(chain: &Hash, signature: &[u8; SIGNATURE_LEN]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(&[SIG_CHAIN_TAG]);
+    h.update(chain);
+    h.update(signature);
+    *h.finalize().as_bytes()
+}
+
 /// A decoded entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -127,6 +159,8 @@ pub struct Entry {
     pub time_ms: u64,
     pub kind: Kind,
     pub prev: Hash,
+    /// Version 2's signature chain; `None` is a version-1 entry.
+    pub sig_chain: Option<SigChain>,
     pub meta: EntryMeta,
     pub payload: Vec<u8>,
     pub signature: [u8; SIGNATURE_LEN],
@@ -139,7 +173,7 @@ pub enum DecodeError {
     TooShort(usize),
     #[error("tag byte is {0:#04x}, not an entry (0x45)")]
     BadTag(u8),
-    #[error("encoding version {0} is not supported (this code reads 1)")]
+    #[error("encoding version {0} is not supported (this code reads 1 and 2)")]
     BadVersion(u8),
     #[error("kind code {0} is unknown")]
     BadKind(u8),
@@ -190,24 +224,31 @@ pub fn check_limits(meta: &EntryMeta, payload: &[u8]) -> Result<(), EncodeError>
     Ok(())
 }
 
-/// Encodes an entry's body (everything the signature covers). Limits must
-/// have been checked with [`check_limits`].
+/// Encodes an entry's body (everything the signature covers): version 2
+/// with a signature chain, version 1 without. Limits must have been
+/// checked with [`check_limits`].
+#[allow(clippy::too_many_arguments)]
 pub fn encode_body(
     seq: u64,
     time_ms: u64,
     kind: Kind,
     prev: &Hash,
+    sig_chain: Option<&SigChain>,
     meta: &EntryMeta,
     payload: &[u8],
     out: &mut Vec<u8>,
 ) {
-    out.reserve(FIXED_HEADER + 32 + payload.len() + SIGNATURE_LEN);
+    out.reserve(FIXED_HEADER + SIG_CHAIN_LEN + 32 + payload.len() + SIGNATURE_LEN);
     out.push(ENTRY_TAG);
-    out.push(ENCODING_VERSION);
+    out.push(if sig_chain.is_some() { 2 } else { 1 });
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&time_ms.to_be_bytes());
     out.push(kind.code());
     out.extend_from_slice(prev);
+    if let Some(c) = sig_chain {
+        out.extend_from_slice(&c.upto.to_be_bytes());
+        out.extend_from_slice(&c.hash);
+    }
     put_str(out, &meta.deployment);
     out.extend_from_slice(&meta.version.to_be_bytes());
     put_str(out, &meta.owner);
@@ -280,7 +321,7 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(a))
     }
 
-    fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
+    fn str(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
         let len = self.u16(field)? as usize;
         if len > MAX_META_STRING {
             return Err(DecodeError::TooLong {
@@ -290,9 +331,7 @@ impl<'a> Reader<'a> {
             });
         }
         let b = self.take(len, field)?;
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::NotUtf8 { field })
+        std::str::from_utf8(b).map_err(|_| DecodeError::NotUtf8 { field })
     }
 }
 
@@ -304,6 +343,19 @@ pub struct Header {
     pub time_ms: u64,
     pub kind: Kind,
     pub prev: Hash,
+    pub sig_chain: Option<SigChain>,
+}
+
+impl Header {
+    /// Bytes of the fixed part, where the variable fields start.
+    fn len(&self) -> usize {
+        FIXED_HEADER
+            + if self.sig_chain.is_some() {
+                SIG_CHAIN_LEN
+            } else {
+                0
+            }
+    }
 }
 
 /// Decodes only the fixed header of a body.
@@ -317,7 +369,7 @@ pub fn decode_header(body: &[u8]) -> Result<Header, DecodeError> {
         return Err(DecodeError::BadTag(tag));
     }
     let version = r.u8("version")?;
-    if version != ENCODING_VERSION {
+    if version != 1 && version != 2 {
         return Err(DecodeError::BadVersion(version));
     }
     let seq = r.u64("seq")?;
@@ -326,24 +378,46 @@ pub fn decode_header(body: &[u8]) -> Result<Header, DecodeError> {
     let kind = Kind::from_code(code).ok_or(DecodeError::BadKind(code))?;
     let mut prev = [0u8; 32];
     prev.copy_from_slice(r.take(32, "prev")?);
+    let sig_chain = if version == 2 {
+        let upto = r.u64("sigs upto")?;
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(r.take(32, "sigs hash")?);
+        Some(SigChain { upto, hash })
+    } else {
+        None
+    };
     Ok(Header {
         seq,
         time_ms,
         kind,
         prev,
+        sig_chain,
     })
 }
 
-/// Decodes a body completely; strict: every byte must be accounted for.
-pub fn decode_body(body: &[u8]) -> Result<(Header, EntryMeta, &[u8]), DecodeError> {
+/// The parts of a body, borrowed.
+struct Parts<'a> {
+    header: Header,
+    deployment: &'a str,
+    version: u64,
+    owner: &'a str,
+    payload: &'a [u8],
+}
+
+/// Parses a body strictly (every byte must be accounted for), handing
+/// each workload name to `workload`.
+fn parse_body<'a>(
+    body: &'a [u8],
+    mut workload: impl FnMut(&'a str),
+) -> Result<Parts<'a>, DecodeError> {
     let header = decode_header(body)?;
     let mut r = Reader {
         bytes: body,
-        pos: FIXED_HEADER,
+        pos: header.len(),
     };
-    let deployment = r.string("deployment")?;
+    let deployment = r.str("deployment")?;
     let version = r.u64("version")?;
-    let owner = r.string("owner")?;
+    let owner = r.str("owner")?;
     let count = r.u16("workload count")? as usize;
     if count > MAX_WORKLOADS {
         return Err(DecodeError::TooLong {
@@ -352,9 +426,8 @@ pub fn decode_body(body: &[u8]) -> Result<(Header, EntryMeta, &[u8]), DecodeErro
             max: MAX_WORKLOADS,
         });
     }
-    let mut workloads = Vec::with_capacity(count.min(16));
     for _ in 0..count {
-        workloads.push(r.string("workload name")?);
+        workload(r.str("workload name")?);
     }
     let len = r.u32("payload length")? as usize;
     if len > MAX_PAYLOAD {
@@ -368,13 +441,32 @@ pub fn decode_body(body: &[u8]) -> Result<(Header, EntryMeta, &[u8]), DecodeErro
     if r.pos != body.len() {
         return Err(DecodeError::TrailingBytes(body.len() - r.pos));
     }
-    let meta = EntryMeta {
+    Ok(Parts {
+        header,
         deployment,
         version,
         owner,
+        payload,
+    })
+}
+
+/// Decodes a body completely; strict: every byte must be accounted for.
+pub fn decode_body(body: &[u8]) -> Result<(Header, EntryMeta, &[u8]), DecodeError> {
+    let mut workloads = Vec::new();
+    let p = parse_body(body, |w| workloads.push(w.to_owned()))?;
+    let meta = EntryMeta {
+        deployment: p.deployment.to_owned(),
+        version: p.version,
+        owner: p.owner.to_owned(),
         workloads,
     };
-    Ok((header, meta, payload))
+    Ok((p.header, meta, p.payload))
+}
+
+/// Checks a body as strictly as [`decode_body`] without copying anything
+/// out of it: what the audit needs.
+pub fn check_body(body: &[u8]) -> Result<Header, DecodeError> {
+    parse_body(body, |_| {}).map(|p| p.header)
 }
 
 impl Entry {
@@ -387,6 +479,7 @@ impl Entry {
             time_ms: h.time_ms,
             kind: h.kind,
             prev: h.prev,
+            sig_chain: h.sig_chain,
             meta,
             payload: payload.to_vec(),
             signature: *sig,
@@ -402,6 +495,7 @@ impl Entry {
             self.time_ms,
             self.kind,
             &self.prev,
+            self.sig_chain.as_ref(),
             &self.meta,
             &self.payload,
             &mut out,
@@ -428,6 +522,7 @@ mod tests {
             time_ms: 1_700_000_000_000,
             kind: Kind::Deploy,
             prev: [9; 32],
+            sig_chain: None,
             meta: EntryMeta {
                 deployment: "dep-1".into(),
                 version: 3,
@@ -459,6 +554,24 @@ mod tests {
         assert_eq!(&b[51..53], &5u16.to_be_bytes());
         assert_eq!(&b[53..58], b"dep-1");
         assert_eq!(&b[b.len() - 64..], &[5; 64]);
+    }
+
+    #[test]
+    fn version_2_carries_the_signature_chain_after_prev() {
+        let mut e = sample();
+        e.sig_chain = Some(SigChain {
+            upto: 5,
+            hash: [3; 32],
+        });
+        let b = e.encode().unwrap();
+        assert_eq!(b[1], 2);
+        assert_eq!(&b[51..59], &5u64.to_be_bytes());
+        assert_eq!(&b[59..91], &[3; 32]);
+        assert_eq!(&b[91..93], &5u16.to_be_bytes());
+        assert_eq!(Entry::decode(&b).unwrap(), e);
+        for n in 0..b.len() {
+            assert!(Entry::decode(&b[..n]).is_err(), "length {n}");
+        }
     }
 
     #[test]

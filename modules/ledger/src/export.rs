@@ -3,7 +3,7 @@
 //! ```text
 //! magic        8   "ZNLEDGER"
 //! format       1   1
-//! encoding     1   entry encoding version (1)
+//! encoding     1   newest entry encoding the records may use (2; 1 read too)
 //! public key   32  ed25519 key every entry is signed with
 //! count        8   u64 BE, number of entries
 //! root         32  Merkle root of the `count` entries
@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Import reads the whole file and checks it (encoding, seqs from 0, the
-//! hash chain, every signature, the root) before it writes anything.
+//! hash chain, the signature chain, every signature, the root) before it
+//! writes anything.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -25,7 +26,7 @@ use heed::PutFlags;
 use crate::entry::{self, Hash, ENCODING_VERSION, MAX_PAYLOAD};
 use crate::store::{self, entry_count, Frontier, Ledger, LedgerError, Options, Result, TreeReader};
 use crate::verifier;
-use crate::verify::check_signatures;
+use crate::verify::{check_signatures, ChainWalk};
 
 pub const MAGIC: &[u8; 8] = b"ZNLEDGER";
 pub const FORMAT_VERSION: u8 = 1;
@@ -123,8 +124,11 @@ impl Ledger {
         }
         dbs.meta
             .put(&mut wtxn, b"indexed_to", &header.count.to_be_bytes())?;
-        dbs.meta
-            .put(&mut wtxn, b"index_version", &1u32.to_be_bytes())?;
+        dbs.meta.put(
+            &mut wtxn,
+            b"index_version",
+            &store::INDEX_VERSION.to_be_bytes(),
+        )?;
         wtxn.commit()?;
         env.force_sync()?;
         Ok(header)
@@ -166,7 +170,7 @@ pub fn check_export(file: &Path) -> Result<ExportHeader> {
     if h[8] != FORMAT_VERSION {
         return Err(bad(format!("export format {} is not supported", h[8])));
     }
-    if h[9] != ENCODING_VERSION {
+    if h[9] == 0 || h[9] > ENCODING_VERSION {
         return Err(bad(format!("entry encoding {} is not supported", h[9])));
     }
     let mut public_key = [0u8; 32];
@@ -180,6 +184,7 @@ pub fn check_export(file: &Path) -> Result<ExportHeader> {
     let mut record = Vec::new();
     let mut prev = [0u8; 32];
     let mut frontier = Frontier::default();
+    let mut walk = ChainWalk::START;
     let mut pending: Vec<(u64, Hash, [u8; 64])> = Vec::with_capacity(64);
     for seq in 0..count {
         read_record(&mut r, &mut record).map_err(|e| bad(format!("entry {seq}: {e}")))?;
@@ -195,6 +200,8 @@ pub fn check_export(file: &Path) -> Result<ExportHeader> {
                 "entry {seq}: prev hash does not match the entry before"
             )));
         }
+        walk.step(seq, header.sig_chain, sig)
+            .map_err(|e| bad(format!("entry {seq}: {e}")))?;
         let hash = entry::body_hash(body);
         frontier.push(&hash, |_, _, _| Ok::<(), ()>(())).ok();
         pending.push((seq, hash, *sig));

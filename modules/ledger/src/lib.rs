@@ -20,6 +20,7 @@ pub mod signer;
 pub mod store;
 pub mod verifier;
 pub mod verify;
+mod writer;
 
 pub use entry::{Entry, EntryMeta, Hash, Kind};
 pub use signer::{KeySigner, Signer};

@@ -1,9 +1,11 @@
-//! The ledger on LMDB: one writer thread that group-commits appends, reads
-//! from any thread, derived indexes and the stored Merkle tree.
+//! The ledger on LMDB: group-committed appends (the pipeline of
+//! [`crate::writer`]), reads from any thread, derived indexes and the
+//! stored Merkle tree.
 //!
 //! Databases (all keys big-endian so byte order is numeric order):
 //! - `entries`: seq -> record (`body || signature`), the only primary data
-//! - `tree`: level(u8) || index(u64) -> complete subtree hash
+//! - `tree`: position(u64) in creation order -> complete subtree hash
+//!   (see [`tree_key`])
 //! - `hash`: entry hash -> seq
 //! - `deploy`, `owner`, `workload`, `kind`, `time`: see [`crate::index`]
 //! - `live`: deployment id -> version || seq of its latest live entry
@@ -22,27 +24,24 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use heed::types::Bytes;
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, RoTxn, RwTxn, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
 use crate::entry::{self, DecodeError, EncodeError, Entry, EntryMeta, Hash, Kind};
 use crate::index;
 use crate::signer::Signer;
 use crate::verifier::{self, NodeSource, SignedTreeHead};
+use crate::writer::{self, Request, Tip};
 
 type Db = Database<'static, Bytes, Bytes>;
 
 /// Bumped when the derived databases change shape: a mismatch at open
-/// rebuilds them all from the entries.
-const INDEX_VERSION: u32 = 1;
-/// Most appends committed in one transaction.
-const MAX_BATCH: usize = 2048;
-/// Most payload bytes committed in one transaction.
-const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// rebuilds them all from the entries. 2: tree keys in creation order.
+pub(crate) const INDEX_VERSION: u32 = 2;
 /// Entries re-derived in one transaction when rebuilding.
 const REBUILD_TXN: u64 = 8192;
 
 const META_PUBLIC_KEY: &[u8] = b"public_key";
-const META_INDEXED_TO: &[u8] = b"indexed_to";
+pub(crate) const META_INDEXED_TO: &[u8] = b"indexed_to";
 const META_INDEX_VERSION: &[u8] = b"index_version";
 
 /// What went wrong, with the input it concerned.
@@ -216,11 +215,20 @@ impl Frontier {
     }
 }
 
-pub(crate) fn tree_key(level: u8, index: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = level;
-    k[1..].copy_from_slice(&index.to_be_bytes());
-    k
+/// The key of the complete subtree at `level` and `index`: its position
+/// in the order appends create nodes (post-order). Appends then only add
+/// keys at the end of the `tree` database, so a group commit dirties its
+/// last pages instead of one page per level.
+pub(crate) fn tree_key(level: u8, index: u64) -> [u8; 8] {
+    // The node is completed by leaf m, after the 2m - popcount(m) nodes of
+    // the leaves before m, the leaf m itself and the `level - 1` nodes
+    // below it on m's path.
+    let m = (index.wrapping_add(1) << level).wrapping_sub(1);
+    let pos = m
+        .wrapping_mul(2)
+        .wrapping_sub(u64::from(m.count_ones()))
+        .wrapping_add(u64::from(level));
+    pos.to_be_bytes()
 }
 
 /// Reads stored tree nodes inside a transaction.
@@ -297,7 +305,7 @@ pub(crate) fn from_key(from: &[u8]) -> (Bound<&[u8]>, Bound<&[u8]>) {
     (Bound::Included(from), Bound::Unbounded)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -312,23 +320,6 @@ fn u64_of(v: &[u8], what: &str) -> Result<u64> {
         .try_into()
         .map_err(|_| LedgerError::Corrupt(format!("{what} is {} bytes, not 8", v.len())))?;
     Ok(u64::from_be_bytes(a))
-}
-
-/// An append on its way to the writer thread.
-struct Request {
-    kind: Kind,
-    meta: EntryMeta,
-    payload: Vec<u8>,
-    reply: tokio::sync::oneshot::Sender<Result<Receipt>>,
-}
-
-/// What the writer knows about the end of the chain.
-#[derive(Clone)]
-struct ChainState {
-    next_seq: u64,
-    prev: Hash,
-    last_time: u64,
-    frontier: Frontier,
 }
 
 struct Inner {
@@ -563,12 +554,9 @@ impl Ledger {
             dir: dir.to_owned(),
         };
         if let Some(signer) = signer {
-            let state = Self::chain_state(&env, &dbs)?;
+            let (tip, frontier) = Self::chain_state(&env, &dbs)?;
             let (tx, rx) = mpsc::channel();
-            let writer_env = env.clone();
-            let handle = std::thread::Builder::new()
-                .name("ledger-writer".into())
-                .spawn(move || writer_loop(writer_env, dbs, signer, state, rx))?;
+            let handle = writer::spawn(env.clone(), dbs, signer, tip, frontier, rx)?;
             *inner.tx.lock().map_err(|_| LedgerError::WriterGone)? = Some(tx);
             *inner.writer.lock().map_err(|_| LedgerError::WriterGone)? = Some(handle);
         }
@@ -577,20 +565,38 @@ impl Ledger {
         })
     }
 
-    fn chain_state(env: &Env<WithoutTls>, dbs: &Dbs) -> Result<ChainState> {
+    fn chain_state(env: &Env<WithoutTls>, dbs: &Dbs) -> Result<(Tip, Frontier)> {
         let rtxn = env.read_txn()?;
         let size = entry_count(&rtxn, dbs)?;
-        let (prev, last_time) = match dbs.entries.last(&rtxn)? {
-            None => ([0u8; 32], 0),
-            Some((_, record)) => {
-                let seq = size - 1;
-                let (body, _) = entry::split_record(record)
-                    .map_err(|source| LedgerError::Decode { seq, source })?;
-                let h = entry::decode_header(body)
-                    .map_err(|source| LedgerError::Decode { seq, source })?;
-                (entry::body_hash(body), h.time_ms)
-            }
+        fn header(seq: u64, record: &[u8]) -> Result<(entry::Header, &[u8], [u8; 64])> {
+            entry::split_record(record)
+                .and_then(|(body, sig)| Ok((entry::decode_header(body)?, body, *sig)))
+                .map_err(|source| LedgerError::Decode { seq, source })
+        }
+        let mut tip = Tip {
+            next_seq: size,
+            prev: [0; 32],
+            last_time: 0,
+            sigs: [0; 32],
         };
+        if let Some((_, record)) = dbs.entries.last(&rtxn)? {
+            let (h, body, _) = header(size - 1, record)?;
+            tip.prev = entry::body_hash(body);
+            tip.last_time = h.time_ms;
+            // The last entry names the chain up to its group; the rest of
+            // the chain is that group's signatures (version 1: no chain).
+            if let Some(c) = h.sig_chain {
+                tip.sigs = c.hash;
+                for seq in c.upto..size {
+                    let record = dbs
+                        .entries
+                        .get(&rtxn, &seq.to_be_bytes())?
+                        .ok_or_else(|| LedgerError::Corrupt(format!("entry {seq} is missing")))?;
+                    let (_, _, sig) = header(seq, record)?;
+                    tip.sigs = entry::chain_signature(&tip.sigs, &sig);
+                }
+            }
+        }
         let frontier = Frontier::load(
             &TreeReader {
                 txn: &rtxn,
@@ -598,12 +604,7 @@ impl Ledger {
             },
             size,
         )?;
-        Ok(ChainState {
-            next_seq: size,
-            prev,
-            last_time,
-            frontier,
-        })
+        Ok((tip, frontier))
     }
 
     /// The directory the ledger lives in.
@@ -994,118 +995,27 @@ pub fn simulate_index_lag(dir: &Path, indexed_to: u64, opts: &Options) -> Result
     Ok(())
 }
 
-fn writer_loop(
-    env: Env<WithoutTls>,
-    dbs: Dbs,
-    signer: Arc<dyn Signer>,
-    mut state: ChainState,
-    rx: mpsc::Receiver<Request>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut bytes = first.payload.len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(r) => {
-                    bytes += r.payload.len();
-                    batch.push(r);
-                }
-                Err(_) => break,
-            }
-        }
-        let before = state.clone();
-        match write_batch(&env, &dbs, signer.as_ref(), &mut state, &batch) {
-            Ok(receipts) => {
-                for (req, receipt) in batch.into_iter().zip(receipts) {
-                    // A caller that gave up waiting still got its entry.
-                    let _ = req.reply.send(Ok(receipt));
-                }
-            }
-            Err(e) => {
-                tracing::error!("ledger: append of {} entries failed: {e}", batch.len());
-                state = before;
-                let msg = e.to_string();
-                for req in batch {
-                    let _ = req.reply.send(Err(LedgerError::WriteFailed(msg.clone())));
-                }
-            }
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Writes one group commit; on error nothing of it is on disk.
-fn write_batch(
-    env: &Env<WithoutTls>,
-    dbs: &Dbs,
-    signer: &dyn Signer,
-    state: &mut ChainState,
-    batch: &[Request],
-) -> Result<Vec<Receipt>> {
-    let time_ms = now_ms().max(state.last_time);
-    let mut records = Vec::with_capacity(batch.len());
-    let mut hashes = Vec::with_capacity(batch.len());
-    let mut seq = state.next_seq;
-    let mut prev = state.prev;
-    for req in batch {
-        let mut body = Vec::new();
-        entry::encode_body(
-            seq,
-            time_ms,
-            req.kind,
-            &prev,
-            &req.meta,
-            &req.payload,
-            &mut body,
-        );
-        let hash = entry::body_hash(&body);
-        records.push(body);
-        hashes.push(hash);
-        prev = hash;
-        seq += 1;
+    #[test]
+    fn tree_keys_follow_the_order_appends_create_nodes() {
+        let mut frontier = Frontier::default();
+        let mut next = 0u64;
+        for i in 0..1000u32 {
+            let h = *blake3::hash(&i.to_be_bytes()).as_bytes();
+            frontier
+                .push(&h, |level, index, _| {
+                    assert_eq!(
+                        tree_key(level, index),
+                        next.to_be_bytes(),
+                        "{level}/{index}"
+                    );
+                    next += 1;
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+        }
     }
-    let signatures = signer.sign_batch(&hashes)?;
-    if signatures.len() != hashes.len() {
-        return Err(LedgerError::WriteFailed(format!(
-            "signer returned {} signatures for {} hashes",
-            signatures.len(),
-            hashes.len()
-        )));
-    }
-    let mut wtxn = env.write_txn()?;
-    let mut receipts = Vec::with_capacity(batch.len());
-    for (i, req) in batch.iter().enumerate() {
-        let seq = state.next_seq + i as u64;
-        let record = &mut records[i];
-        record.extend_from_slice(&signatures[i]);
-        dbs.entries
-            .put_with_flags(&mut wtxn, PutFlags::APPEND, &seq.to_be_bytes(), record)?;
-        let header = entry::Header {
-            seq,
-            time_ms,
-            kind: req.kind,
-            prev: if i == 0 { state.prev } else { hashes[i - 1] },
-        };
-        derive(
-            &mut wtxn,
-            dbs,
-            &mut state.frontier,
-            &header,
-            &hashes[i],
-            &req.meta,
-        )?;
-        receipts.push(Receipt {
-            seq,
-            hash: hashes[i],
-            time_ms,
-        });
-    }
-    dbs.meta
-        .put(&mut wtxn, META_INDEXED_TO, &seq.to_be_bytes())?;
-    // The commit syncs (the environment is not opened with NOSYNC): only
-    // after it returns are the callers answered.
-    wtxn.commit()?;
-    state.next_seq = seq;
-    state.prev = prev;
-    state.last_time = time_ms;
-    Ok(receipts)
 }

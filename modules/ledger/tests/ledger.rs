@@ -624,3 +624,190 @@ fn export_import_round_trips_and_tampered_files_write_nothing() {
     let empty = tempfile::tempdir().unwrap();
     assert!(Ledger::import(&truncated, empty.path(), Options::default()).is_err());
 }
+
+/// Appends from many threads at once, so that group commits hold many
+/// entries; gives every record of the ledger.
+fn fill_grouped(l: &Ledger, threads: u64, each: u64) -> Vec<Vec<u8>> {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                for i in 0..each {
+                    l.append(
+                        Kind::Result,
+                        meta(&format!("d{t}"), i, "o", &["w"]),
+                        format!("{t}/{i}/{}", "p".repeat(40)).into_bytes(),
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let n = l.len().unwrap();
+    (0..n).map(|s| l.record(s).unwrap().unwrap()).collect()
+}
+
+/// Every break the audit can report for one flipped byte, on 1, 2 and 3
+/// threads (slices cut groups differently).
+fn assert_flip_caught(dir: &Path, pristine: &[u8], rec: &[u8], off: usize, seq: u64) {
+    let data = dir.join("data.mdb");
+    std::fs::write(&data, pristine).unwrap();
+    assert!(flip_everywhere(&data, rec, off) >= 1);
+    let l = Ledger::open_for_audit(dir, Options::default()).unwrap();
+    for threads in [1, 2, 3] {
+        let b = l
+            .verify_with_threads(threads)
+            .unwrap()
+            .first_break
+            .unwrap_or_else(|| panic!("flip at entry {seq} byte {off} was not caught"));
+        assert_eq!(
+            b.seq, seq,
+            "flip at entry {seq} byte {off}, {threads} threads: {b:?}"
+        );
+    }
+}
+
+#[test]
+fn signatures_vouched_for_by_later_groups_are_still_checked_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = {
+        let l = open(dir.path());
+        fill(&l, 3);
+        fill_grouped(&l, 12, 6)
+    };
+    let claims: Vec<_> = records
+        .iter()
+        .map(|r| Entry::decode(r).unwrap().sig_chain.unwrap())
+        .collect();
+    assert!(
+        claims.iter().enumerate().any(|(s, c)| c.upto < s as u64),
+        "no group held two entries"
+    );
+    let last_group = claims.last().unwrap().upto;
+    let data = dir.path().join("data.mdb");
+    let pristine = std::fs::read(&data).unwrap();
+    for (seq, rec) in records.iter().enumerate() {
+        let sig_at = rec.len() - 64;
+        // A signature byte (vouched for by a later group, or in the last
+        // group), a claim byte and a payload byte.
+        for off in [sig_at, sig_at + 33, 55, 70, rec.len() - 70] {
+            assert_flip_caught(dir.path(), &pristine, rec, off, seq as u64);
+        }
+    }
+    assert!(last_group > 0);
+    std::fs::write(&data, &pristine).unwrap();
+    let l = Ledger::open_for_audit(dir.path(), Options::default()).unwrap();
+    for threads in [1, 2, 3] {
+        assert!(l.verify_with_threads(threads).unwrap().is_ok());
+    }
+}
+
+#[test]
+fn a_version_1_ledger_continues_in_version_2_and_verifies() {
+    // A ledger written by the version-1 code, as an export file.
+    let key = KeySigner::from_seed(&[1; 32]);
+    let mut tree = MemoryTree::new();
+    let mut prev = [0u8; 32];
+    let mut body = Vec::new();
+    for seq in 0..20u64 {
+        let mut e = Entry {
+            seq,
+            time_ms: 1_000 + seq,
+            kind: Kind::Event,
+            prev,
+            sig_chain: None,
+            meta: EntryMeta::default(),
+            payload: format!("v1 entry {seq}").into_bytes(),
+            signature: [0; 64],
+        };
+        let hash = e.hash().unwrap();
+        e.signature = key.sign(&hash).unwrap();
+        let rec = e.encode().unwrap();
+        body.extend_from_slice(&(rec.len() as u32).to_be_bytes());
+        body.extend_from_slice(&rec);
+        tree.push(&hash);
+        prev = hash;
+    }
+    let mut file = b"ZNLEDGER".to_vec();
+    file.extend_from_slice(&[1, 1]);
+    file.extend_from_slice(&key.public_key());
+    file.extend_from_slice(&20u64.to_be_bytes());
+    file.extend_from_slice(&tree.root());
+    file.extend_from_slice(&body);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.export");
+    std::fs::write(&path, &file).unwrap();
+    let ldir = dir.path().join("ledger");
+    Ledger::import(&path, &ldir, Options::default()).unwrap();
+
+    let records = {
+        let l = open(&ldir);
+        let r = fill_grouped(&l, 8, 4);
+        assert!(l.verify().unwrap().is_ok());
+        r
+    };
+    let first_v2 = Entry::decode(&records[20]).unwrap();
+    assert_eq!(
+        first_v2.sig_chain.map(|c| (c.upto, c.hash)),
+        Some((20, [0; 32]))
+    );
+    assert!(Entry::decode(&records[19]).unwrap().sig_chain.is_none());
+    let pristine = std::fs::read(ldir.join("data.mdb")).unwrap();
+    for seq in [0usize, 7, 19, 20, 21, 30, records.len() - 1] {
+        let rec = &records[seq];
+        for off in [rec.len() - 64, rec.len() - 1, 1, 30] {
+            assert_flip_caught(&ldir, &pristine, rec, off, seq as u64);
+        }
+    }
+}
+
+/// A signer outside the process (as identity over D-Bus is) that can be
+/// made to answer a broken signature.
+struct RemoteSigner {
+    key: KeySigner,
+    break_next: std::sync::atomic::AtomicBool,
+}
+
+impl Signer for RemoteSigner {
+    fn public_key(&self) -> [u8; 32] {
+        self.key.public_key()
+    }
+
+    fn sign(&self, hash: &[u8; 32]) -> Result<[u8; 64], zeronode_ledger::signer::SignError> {
+        let mut sig = self.key.sign(hash)?;
+        if self
+            .break_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            sig[40] ^= 1;
+        }
+        Ok(sig)
+    }
+}
+
+#[test]
+fn a_signature_that_does_not_verify_is_never_chained_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Arc::new(RemoteSigner {
+        key: KeySigner::from_seed(&[1; 32]),
+        break_next: false.into(),
+    });
+    let l = Ledger::open(dir.path(), signer.clone(), Options::default()).unwrap();
+    fill(&l, 5);
+    signer
+        .break_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = l
+        .append(Kind::Event, EntryMeta::default(), b"x".to_vec())
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::WriteFailed(_)), "{err}");
+    assert_eq!(l.len().unwrap(), 5);
+    let r = l
+        .append(Kind::Event, EntryMeta::default(), b"y".to_vec())
+        .unwrap();
+    assert_eq!(r.seq, 5);
+    assert!(l.verify().unwrap().is_ok());
+}

@@ -2,7 +2,7 @@
 //! bytes; what decodes re-encodes to the same bytes; honest proofs verify.
 
 use proptest::prelude::*;
-use zeronode_ledger::entry::{self, Entry, EntryMeta, Kind};
+use zeronode_ledger::entry::{self, Entry, EntryMeta, Kind, SigChain};
 use zeronode_ledger::verifier::{self, MemoryTree, SignedTreeHead};
 
 fn hashes(n: u64) -> Vec<[u8; 32]> {
@@ -23,13 +23,16 @@ fn any_entry() -> impl Strategy<Value = Entry> {
         proptest::collection::vec(".{0,10}", 0..4),
         proptest::collection::vec(any::<u8>(), 0..300),
         proptest::collection::vec(any::<u8>(), 64..=64),
+        // Version 2 with a signature chain, or version 1.
+        proptest::option::of((any::<u64>(), any::<[u8; 32]>())),
     )
         .prop_map(
-            |(seq, time_ms, k, prev, dep, version, owner, workloads, payload, sig)| Entry {
+            |(seq, time_ms, k, prev, dep, version, owner, workloads, payload, sig, chain)| Entry {
                 seq,
                 time_ms,
                 kind: Kind::ALL[k],
                 prev,
+                sig_chain: chain.map(|(upto, hash)| SigChain { upto, hash }),
                 meta: EntryMeta {
                     deployment: dep,
                     version,
