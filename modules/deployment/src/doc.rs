@@ -112,6 +112,7 @@ pub enum WorkloadData {
     Network(NetworkData),
     Volume(VolumeData),
     Container(ContainerData),
+    Vm(VmData),
     Zdb(ZdbData),
 }
 
@@ -184,6 +185,37 @@ pub struct Mount {
     pub readonly: bool,
 }
 
+/// What provision needs of a VM (quota, ordering, volumes and network of
+/// the same deployment); the vms module owns the rest (kernel, initrd,
+/// cmdline, disk_image, cloud_init), kept as received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmData {
+    /// vCPUs.
+    pub cpu: u64,
+    /// Bytes.
+    pub memory: u64,
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub disks: Vec<VmDisk>,
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, Value>,
+}
+
+/// A VM disk: a raw file in a `volume` workload of the same deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDisk {
+    pub volume: String,
+    /// The file inside the volume (the vms module's default otherwise).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Bytes.
+    pub size: u64,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ZdbData {
     pub size: u64,
@@ -199,6 +231,7 @@ pub enum WorkloadType {
     Volume,
     Zdb,
     Container,
+    Vm,
 }
 
 impl WorkloadType {
@@ -208,6 +241,7 @@ impl WorkloadType {
             "volume" => WorkloadType::Volume,
             "zdb" => WorkloadType::Zdb,
             "container" => WorkloadType::Container,
+            "vm" => WorkloadType::Vm,
             _ => return None,
         })
     }
@@ -217,6 +251,7 @@ impl WorkloadType {
             WorkloadType::Volume => "volume",
             WorkloadType::Zdb => "zdb",
             WorkloadType::Container => "container",
+            WorkloadType::Vm => "vm",
         }
     }
     /// Reconcile order: what others use comes first (the derived `Ord`
@@ -252,6 +287,9 @@ impl Workload {
             }
             WorkloadType::Zdb => {
                 WorkloadData::Zdb(serde_json::from_value(self.data.clone()).map_err(bad)?)
+            }
+            WorkloadType::Vm => {
+                WorkloadData::Vm(serde_json::from_value(self.data.clone()).map_err(bad)?)
             }
         })
     }
@@ -294,9 +332,9 @@ pub struct DeleteOrder {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
-    /// Container CPUs.
+    /// Container and VM CPUs.
     pub cpu: u64,
-    /// Container memory, bytes.
+    /// Container and VM memory, bytes.
     pub memory: u64,
     /// Volume and zdb bytes.
     pub disk: u64,
@@ -534,6 +572,39 @@ impl Deployment {
                         }
                     }
                 }
+                WorkloadData::Vm(v) => {
+                    check_int("cpu", v.cpu)?;
+                    check_int("memory", v.memory)?;
+                    if v.cpu == 0 || v.memory == 0 {
+                        return Err(schema(format!(
+                            "vm {:?}: cpu and memory are required",
+                            w.name
+                        )));
+                    }
+                    // What a VM uses must be in this deployment.
+                    let has = |name: &str, ty: WorkloadType| {
+                        self.workloads
+                            .iter()
+                            .any(|o| o.name == name && o.workload_type() == Some(ty))
+                    };
+                    if let Some(n) = &v.network {
+                        if !has(n, WorkloadType::Network) {
+                            return Err(schema(format!(
+                                "vm {:?}: no network workload {n:?}",
+                                w.name
+                            )));
+                        }
+                    }
+                    for d in &v.disks {
+                        check_int("disk size", d.size)?;
+                        if !has(&d.volume, WorkloadType::Volume) {
+                            return Err(schema(format!(
+                                "vm {:?}: no volume workload {:?}",
+                                w.name, d.volume
+                            )));
+                        }
+                    }
+                }
                 WorkloadData::Zdb(z) => {
                     check_int("zdb size", z.size)?;
                     if z.size < 1 << 20 {
@@ -558,6 +629,10 @@ impl Deployment {
                 Ok(WorkloadData::Container(c)) => {
                     u.cpu = u.cpu.saturating_add(c.cpu);
                     u.memory = u.memory.saturating_add(c.memory);
+                }
+                Ok(WorkloadData::Vm(v)) => {
+                    u.cpu = u.cpu.saturating_add(v.cpu);
+                    u.memory = u.memory.saturating_add(v.memory);
                 }
                 _ => {}
             }

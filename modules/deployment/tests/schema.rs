@@ -62,6 +62,42 @@ fn container_image_archive_decodes() {
 }
 
 #[test]
+fn a_vm_counts_against_the_quota_and_needs_its_volumes_and_network() {
+    let vm = json!({"name": "vm", "type": "vm", "version": 1,
+        "data": {"kernel": {"url": "http://h/k", "sha256": "ab".repeat(32)}, "cpu": 2,
+                 "memory": 134217728, "network": "net",
+                 "disks": [{"volume": "vol", "size": 8388608}]}});
+    let v = with(|v| v["workloads"].as_array_mut().unwrap().push(vm.clone()));
+    assert_eq!(code(&v), "ok");
+    let p = decode::<Deployment>(serde_json::to_vec(&v).unwrap().as_slice()).unwrap();
+    let u = p.doc.usage();
+    assert_eq!((u.cpu, u.memory, u.count), (3, 268435456 + 134217728, 5));
+    for (what, f) in [
+        (
+            "no cpu",
+            Box::new(|d: &mut Value| d["cpu"] = 0.into()) as Box<dyn Fn(&mut Value)>,
+        ),
+        (
+            "unknown network",
+            Box::new(|d: &mut Value| d["network"] = "nope".into()),
+        ),
+        (
+            "unknown volume",
+            Box::new(|d: &mut Value| d["disks"][0]["volume"] = "nope".into()),
+        ),
+        (
+            "bad disk member",
+            Box::new(|d: &mut Value| d["disks"][0]["bogus"] = 1.into()),
+        ),
+    ] {
+        let mut w = vm.clone();
+        f(&mut w["data"]);
+        let v = with(|v| v["workloads"].as_array_mut().unwrap().push(w));
+        assert_eq!(code(&v), "schema_invalid", "{what}");
+    }
+}
+
+#[test]
 fn each_schema_rule_refuses() {
     let cases: Vec<(&str, Value, &str)> = vec![
         (
@@ -199,7 +235,7 @@ fn each_schema_rule_refuses() {
         ),
         (
             "unknown type",
-            with(|v| v["workloads"][1]["type"] = "vm".into()),
+            with(|v| v["workloads"][1]["type"] = "kubernetes".into()),
             "unknown_workload_type",
         ),
         (

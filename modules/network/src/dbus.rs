@@ -130,6 +130,18 @@ impl Network {
             .await?)
     }
 
+    /// Puts the existing tap `tap` of VM `workload` on `network`'s bridge;
+    /// returns the address a.b.c.d/n the VM is to configure. Detach
+    /// deletes the tap.
+    async fn attach_tap(
+        &self,
+        network: String,
+        workload: String,
+        tap: String,
+    ) -> Result<String, Error> {
+        Ok(self.workloads.attach_tap(&network, &workload, &tap).await?)
+    }
+
     async fn detach(&self, network: String, workload: String) -> Result<(), Error> {
         Ok(self.workloads.detach(&network, &workload).await?)
     }
@@ -145,5 +157,6 @@ pub trait Network1 {
     fn network_create(&self, name: &str, subnet: &str) -> zbus::Result<String>;
     fn network_delete(&self, name: &str) -> zbus::Result<()>;
     fn attach(&self, network: &str, workload: &str, netns: &str) -> zbus::Result<String>;
+    fn attach_tap(&self, network: &str, workload: &str, tap: &str) -> zbus::Result<String>;
     fn detach(&self, network: &str, workload: &str) -> zbus::Result<()>;
 }

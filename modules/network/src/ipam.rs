@@ -102,9 +102,14 @@ impl<'de> Deserialize<'de> for Subnet {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     pub address: Ipv4Addr,
+    /// The workload's network namespace; empty for a tap (a VM's NIC).
     pub netns: PathBuf,
-    /// The host side of the veth pair.
+    /// The host side of the veth pair, or the tap itself.
     pub host_veth: String,
+    /// A tap made by its workload (the VM configures the address itself):
+    /// the module only puts it on the bridge.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tap: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +267,27 @@ impl Ipam {
             .ok_or_else(|| Error::Invalid(name.into()))
     }
 
+    /// The address of the VM `workload` whose NIC is the tap `tap`: the one
+    /// it had, or the lowest free host address.
+    pub fn assign_tap(
+        &mut self,
+        network: &str,
+        workload: &str,
+        tap: &str,
+    ) -> Result<Attachment, Error> {
+        let mut att = self.assign(network, workload, Path::new(""))?;
+        att.host_veth = tap.to_string();
+        att.tap = true;
+        if let Some(a) = self
+            .networks
+            .get_mut(network)
+            .and_then(|n| n.attachments.get_mut(workload))
+        {
+            *a = att.clone();
+        }
+        Ok(att)
+    }
+
     /// The workload's address on `network`: the one it had, or the lowest
     /// free host address.
     pub fn assign(
@@ -291,6 +317,7 @@ impl Ipam {
             address,
             netns: netns.to_path_buf(),
             host_veth: veth_name(network, workload),
+            tap: false,
         };
         net.attachments.insert(workload.to_string(), att.clone());
         Ok(att)

@@ -158,6 +158,40 @@ impl Workloads {
         Ok(format!("{}/{}", att.address, net.subnet.prefix))
     }
 
+    /// Puts the tap `tap` (made by the VM workload `workload`, which
+    /// configures its address itself) on `network`'s bridge; returns the
+    /// address the workload is to use, `a.b.c.d/n`, stable as for Attach.
+    /// Detach deletes the tap.
+    pub async fn attach_tap(
+        &self,
+        network: &str,
+        workload: &str,
+        tap: &str,
+    ) -> Result<String, Error> {
+        let link = links::link_by_name(&self.handle, tap)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("tap {tap:?} does not exist")))?;
+        let mut ipam = self.loaded().await?;
+        let mut next = ipam.clone();
+        let att = next.assign_tap(network, workload, tap)?;
+        let net = next
+            .networks
+            .get(network)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("no network {network:?}")))?;
+        let br = links::link_by_name(&self.handle, &net.bridge)
+            .await?
+            .ok_or_else(|| Error::NoSuchLink(net.bridge.clone()))?;
+        links::enslave(&self.handle, link.index, br.index).await?;
+        next.save(&self.state_dir)?;
+        *ipam = next;
+        tracing::info!(
+            "network {network}: {workload} attached as {} (tap {tap})",
+            att.address
+        );
+        Ok(format!("{}/{}", att.address, net.subnet.prefix))
+    }
+
     pub async fn detach(&self, network: &str, workload: &str) -> Result<(), Error> {
         let mut ipam = self.loaded().await?;
         let mut next = ipam.clone();
@@ -246,6 +280,17 @@ impl Workloads {
                 continue;
             }
             for (workload, att) in &net.attachments {
+                if att.tap {
+                    // The VM module makes its tap again when it brings the VM back.
+                    if let Some(l) = links::link_by_name(&self.handle, &att.host_veth).await? {
+                        if let Some(br) = links::link_by_name(&self.handle, &net.bridge).await? {
+                            if let Err(e) = links::enslave(&self.handle, l.index, br.index).await {
+                                tracing::error!("network {name}: {workload}: tap: {e}");
+                            }
+                        }
+                    }
+                    continue;
+                }
                 if !att.netns.exists() {
                     tracing::warn!(
                         "network {name}: {workload}: namespace {} is gone; keeping its address {}",

@@ -30,6 +30,7 @@ pub struct Config {
     pub network_socket: PathBuf,
     pub storage_socket: PathBuf,
     pub containers_socket: PathBuf,
+    pub vms_socket: PathBuf,
     pub shards_socket: PathBuf,
     /// Overrides the owner the identity module reports (`--owner`).
     pub owner: Option<String>,

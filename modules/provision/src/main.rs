@@ -38,6 +38,8 @@ struct Args {
     storage_socket: PathBuf,
     #[arg(long, default_value_os_t = bus::socket_path("containers"))]
     containers_socket: PathBuf,
+    #[arg(long, default_value_os_t = bus::socket_path("vms"))]
+    vms_socket: PathBuf,
     #[arg(long, default_value_os_t = bus::socket_path("shards"))]
     shards_socket: PathBuf,
     /// Largest request body, bytes.
@@ -78,6 +80,7 @@ fn run(args: Args) -> Result<()> {
         network_socket: args.network_socket,
         storage_socket: args.storage_socket,
         containers_socket: args.containers_socket,
+        vms_socket: args.vms_socket,
         shards_socket: args.shards_socket,
         owner,
         max_body: args.max_body,
@@ -126,6 +129,7 @@ fn run(args: Args) -> Result<()> {
                 WorkloadType::Volume,
                 WorkloadType::Zdb,
                 WorkloadType::Container,
+                WorkloadType::Vm,
             ];
             healer.heal(&all).await;
             tracing::info!("provision: start-up reconcile done");

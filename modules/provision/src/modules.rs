@@ -105,6 +105,21 @@ pub trait Containers1 {
     fn logs(&self, name: &str, max_bytes: u64) -> zbus::Result<String>;
 }
 
+/// `org.zeronode.Vms1` (docs/vms.md). Declared here rather than taken
+/// from zeronode-vms, which links the containers crate; the spec it takes
+/// is built as JSON by [`crate::reconcile::vm_spec`].
+#[zbus::proxy(
+    interface = "org.zeronode.Vms1",
+    default_service = "org.zeronode.Vms1",
+    default_path = "/org/zeronode/Vms1"
+)]
+pub trait Vms1 {
+    fn create(&self, spec: &str) -> zbus::Result<String>;
+    fn delete(&self, name: &str) -> zbus::Result<()>;
+    fn status(&self, name: &str) -> zbus::Result<String>;
+    fn logs(&self, name: &str, max_bytes: u64) -> zbus::Result<String>;
+}
+
 /// `org.zeronode.Shards1` (docs/shards.md). NamespaceCreate answers
 /// `(ssq)`: namespace, host, port of the RESP listener.
 #[zbus::proxy(

@@ -16,6 +16,7 @@ use zeronode_deployment::{Deployment, ImageRef, Workload, WorkloadData, Workload
 use crate::app::{now_secs, App, Config, KIND_DELETE, KIND_RESULT};
 use crate::modules::{
     method_error, Containers1Proxy, ModuleConn, Network1Proxy, Shards1Proxy, Storage1Proxy,
+    Vms1Proxy,
 };
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -253,19 +254,24 @@ pub struct ContainerDriver {
     pub storage: ModuleConn,
 }
 
+/// Node volume name -> its path, from `Storage1.VolumeList`.
+async fn volume_paths(storage: &ModuleConn) -> Result<HashMap<String, String>, String> {
+    let conn = storage.get().await?;
+    let p = Storage1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+    match p.volume_list().await {
+        Ok(list) => Ok(list.into_iter().map(|v| (v.0, v.2)).collect()),
+        Err(e) => {
+            if method_error(&e).is_none() {
+                storage.reset().await;
+            }
+            Err(call_error(storage, e))
+        }
+    }
+}
+
 impl ContainerDriver {
     async fn volume_paths(&self) -> Result<HashMap<String, String>, String> {
-        let conn = self.storage.get().await?;
-        let p = Storage1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
-        match p.volume_list().await {
-            Ok(list) => Ok(list.into_iter().map(|v| (v.0, v.2)).collect()),
-            Err(e) => {
-                if method_error(&e).is_none() {
-                    self.storage.reset().await;
-                }
-                Err(call_error(&self.storage, e))
-            }
-        }
+        volume_paths(&self.storage).await
     }
 
     /// The container's logs (stdout and stderr, the last `max_bytes`).
@@ -347,6 +353,133 @@ fn container_detail(status: &str) -> String {
     if !addr.is_empty() {
         d.push(' ');
         d.push_str(&addr);
+    }
+    d
+}
+
+/// Builds the vms module's spec (docs/vms.md) from a `vm` workload: names
+/// become node names, each disk's volume its node path. The members
+/// provision does not interpret (kernel, initrd, cmdline, disk_image,
+/// cloud_init) are passed as received; the module refuses bad ones.
+pub fn vm_spec(
+    dep: &str,
+    w: &Workload,
+    volume_path: &dyn Fn(&str) -> Option<String>,
+) -> Result<serde_json::Value, String> {
+    const PASSED: [&str; 5] = ["kernel", "initrd", "cmdline", "disk_image", "cloud_init"];
+    let Ok(WorkloadData::Vm(v)) = w.typed() else {
+        return Err("not a vm".into());
+    };
+    if let Some(k) = v.rest.keys().find(|k| !PASSED.contains(&k.as_str())) {
+        return Err(format!("unknown vm member {k:?}"));
+    }
+    let mut disks = Vec::new();
+    for d in &v.disks {
+        let name = volume_name(dep, &d.volume);
+        let Some(path) = volume_path(&name) else {
+            return Err(format!("volume {:?} ({name}) is not on the node", d.volume));
+        };
+        let mut disk = json!({"volume": path, "size": d.size, "readonly": d.readonly});
+        if let Some(f) = &d.file {
+            disk["file"] = json!(f);
+        }
+        disks.push(disk);
+    }
+    let mut spec = serde_json::Map::new();
+    for k in PASSED {
+        if let Some(x) = v.rest.get(k) {
+            spec.insert(k.into(), x.clone());
+        }
+    }
+    spec.insert("name".into(), json!(container_name(dep, &w.name)));
+    spec.insert("cpu".into(), json!(v.cpu));
+    spec.insert("memory".into(), json!(v.memory));
+    if !disks.is_empty() {
+        spec.insert("disks".into(), json!(disks));
+    }
+    if let Some(n) = &v.network {
+        spec.insert("network".into(), json!({"name": network_name(dep, n)}));
+    }
+    Ok(serde_json::Value::Object(spec))
+}
+
+/// `vm` -> `Vms1.Create` (idempotent in the module for the same spec).
+/// Disk volumes' paths come from `Storage1.VolumeList`.
+pub struct VmDriver {
+    pub vms: ModuleConn,
+    pub storage: ModuleConn,
+}
+
+impl Driver for VmDriver {
+    fn apply<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let needs_volumes = matches!(w.typed(), Ok(WorkloadData::Vm(v)) if !v.disks.is_empty());
+            let paths = if needs_volumes {
+                volume_paths(&self.storage).await?
+            } else {
+                HashMap::new()
+            };
+            let spec = vm_spec(dep, w, &|n| paths.get(n).cloned())?;
+            let conn = self.vms.get().await?;
+            let p = Vms1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+            // No call timeout: a first Create downloads the kernel or image.
+            match p.create(&spec.to_string()).await {
+                Ok(status) => Ok(vm_detail(&status)),
+                Err(e) => {
+                    if method_error(&e).is_none() {
+                        self.vms.reset().await;
+                    }
+                    Err(call_error(&self.vms, e))
+                }
+            }
+        })
+    }
+
+    fn remove<'a>(&'a self, dep: &'a str, w: &'a Workload) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let conn = self.vms.get().await?;
+            let p = Vms1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+            match p.delete(&container_name(dep, &w.name)).await {
+                Ok(()) => Ok(()),
+                Err(e) if method_error(&e).is_some_and(|(n, _)| n.ends_with(".NotFound")) => Ok(()),
+                Err(e) => Err(call_error(&self.vms, e)),
+            }
+        })
+    }
+
+    fn module(&self) -> Option<&ModuleConn> {
+        Some(&self.vms)
+    }
+
+    fn logs<'a>(
+        &'a self,
+        dep: &'a str,
+        workload: &'a str,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Option<Result<String, String>>> {
+        Box::pin(async move {
+            let r = async {
+                let conn = self.vms.get().await?;
+                let p = Vms1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+                p.logs(&container_name(dep, workload), max_bytes)
+                    .await
+                    .map_err(|e| call_error(&self.vms, e))
+            }
+            .await;
+            Some(r)
+        })
+    }
+}
+
+/// The status detail: `vm NAME STATE ACCEL ADDRESS` (the address when it
+/// is on a network), from the module's status JSON.
+fn vm_detail(status: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(status).unwrap_or_default();
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let mut d = format!("vm {} {} {}", s("name"), s("state"), s("accel"));
+    if let Some(a) = v.get("address").and_then(|x| x.as_str()) {
+        d.push(' ');
+        d.push_str(a);
     }
     d
 }
@@ -517,6 +650,13 @@ impl Drivers {
             WorkloadType::Container,
             Arc::new(ContainerDriver {
                 containers: ModuleConn::new("containers", cfg.containers_socket.clone()),
+                storage: ModuleConn::new("storage", cfg.storage_socket.clone()),
+            }),
+        );
+        map.insert(
+            WorkloadType::Vm,
+            Arc::new(VmDriver {
+                vms: ModuleConn::new("vms", cfg.vms_socket.clone()),
                 storage: ModuleConn::new("storage", cfg.storage_socket.clone()),
             }),
         );
@@ -816,4 +956,43 @@ impl App {
 
 fn socket_id(p: &std::path::Path) -> Option<(u64, u64)> {
     std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(test)]
+mod vm_spec_tests {
+    use super::*;
+
+    fn vm(data: serde_json::Value) -> Workload {
+        Workload {
+            name: "vm".into(),
+            kind: "vm".into(),
+            version: 1,
+            data,
+        }
+    }
+
+    #[test]
+    fn the_vms_module_gets_node_names_and_volume_paths() {
+        let w = vm(
+            json!({"kernel": {"url": "http://h/k", "sha256": "ab".repeat(32)},
+            "cmdline": "quiet", "cpu": 2, "memory": 134217728, "network": "net",
+            "disks": [{"volume": "vol", "size": 8388608, "file": "root.raw"}],
+            "cloud_init": {"ssh_keys": ["k"]}}),
+        );
+        let vol = volume_name("d1", "vol");
+        let spec = vm_spec("d1", &w, &|n| (n == vol).then(|| "/mnt/p/v".to_string())).unwrap();
+        assert_eq!(spec["name"], json!(container_name("d1", "vm")));
+        assert_eq!(spec["network"]["name"], json!(network_name("d1", "net")));
+        assert_eq!(spec["disks"][0]["volume"], "/mnt/p/v");
+        assert_eq!(spec["disks"][0]["file"], "root.raw");
+        assert_eq!(spec["cmdline"], "quiet");
+        assert_eq!(spec["cloud_init"]["ssh_keys"][0], "k");
+        let e = vm_spec("d1", &w, &|_| None).unwrap_err();
+        assert!(e.contains("not on the node"), "{e}");
+        let mut bad = w.clone();
+        bad.data["bogus"] = json!(1);
+        assert!(vm_spec("d1", &bad, &|_| Some("/x".into()))
+            .unwrap_err()
+            .contains("bogus"));
+    }
 }

@@ -213,7 +213,7 @@ async fn bad_orders_are_refused_and_nothing_is_written() {
     };
     let unknown_type = {
         let mut v = valid.clone();
-        v["workloads"][1]["type"] = json!("vm");
+        v["workloads"][1]["type"] = json!("kubernetes");
         signed(v, &[owner])
     };
     let oversized = {
