@@ -57,7 +57,7 @@ struct Args {
     backoff_max_ms: u64,
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     zeronode_types::logging::init();
     let args = Args::parse();

@@ -24,7 +24,7 @@ struct Args {
     cmdline: PathBuf,
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     zeronode_types::logging::init();
     let args = Args::parse();

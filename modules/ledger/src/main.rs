@@ -52,7 +52,7 @@ enum Command {
     Import { file: PathBuf },
 }
 
-fn main() {
+pub fn main() {
     zeronode_types::logging::init();
     match run(Cli::parse()) {
         Ok(code) => std::process::exit(code),

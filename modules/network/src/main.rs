@@ -48,7 +48,7 @@ struct Args {
     candidate_timeout_ms: u64,
 }
 
-fn main() -> std::process::ExitCode {
+pub fn main() -> std::process::ExitCode {
     let started = Instant::now();
     zeronode_types::logging::init();
     let args = Args::parse();

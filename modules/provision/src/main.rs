@@ -56,7 +56,7 @@ struct Args {
     wait: u64,
 }
 
-fn main() {
+pub fn main() {
     zeronode_types::logging::init();
     if let Err(e) = run(Args::parse()) {
         tracing::error!("{e:#}");

@@ -54,7 +54,7 @@ struct Cli {
     snapshot_interval_ms: u64,
 }
 
-fn main() {
+pub fn main() {
     zeronode_types::logging::init();
     if let Err(e) = run(Cli::parse()) {
         tracing::error!("{e:#}");

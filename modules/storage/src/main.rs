@@ -38,7 +38,7 @@ struct Args {
     mkfs_btrfs: Option<PathBuf>,
 }
 
-fn main() -> std::process::ExitCode {
+pub fn main() -> std::process::ExitCode {
     let started = Instant::now();
     zeronode_types::logging::init();
     match run(Args::parse(), started) {
