@@ -200,6 +200,9 @@ fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<String> {
         write(&path, bytes)?;
         make_executable(&path)?;
     }
+    for name in &src.cfg.system.multicall {
+        symlink(crate::config::MULTICALL, &sys.join("usr/bin").join(name))?;
+    }
     symlink("../usr/bin/zeronode-init", &sys.join("sbin/init"))?;
     // The kernel's request_module() runs /sbin/modprobe; PID 1's binary answers.
     symlink("../usr/bin/zeronode-init", &sys.join("sbin/modprobe"))?;

@@ -5,6 +5,9 @@ use std::path::Path;
 use serde::Deserialize;
 use thiserror::Error;
 
+/// The program the `multicall` names link to.
+pub const MULTICALL: &str = "zeronode";
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -90,6 +93,10 @@ pub struct System {
     /// in /usr/bin.
     #[serde(default)]
     pub programs: Vec<String>,
+    /// Names linked to /usr/bin/zeronode (the multicall binary, one of the
+    /// `programs`), which runs the module it is called as.
+    #[serde(default)]
+    pub multicall: Vec<String>,
     /// Configuration files written into the image as they are given here.
     #[serde(default)]
     pub files: Vec<FileSpec>,
@@ -210,6 +217,34 @@ impl ImageConfig {
                 format!("{b:?} is not an absolute path to a file"),
             ));
         }
+        // Programs and multicall names become files in /usr/bin.
+        let bin_name = |n: &str| safe(n) && n != "zeronode-init" && !n.starts_with('.');
+        for (field, list) in [
+            ("system.programs", &cfg.system.programs),
+            ("system.multicall", &cfg.system.multicall),
+        ] {
+            if let Some(n) = list.iter().find(|n| !bin_name(n)) {
+                return Err(invalid(
+                    field,
+                    format!("{n:?} is not a file name for /usr/bin (letters, digits, -+.:~_)"),
+                ));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for n in cfg.system.programs.iter().chain(&cfg.system.multicall) {
+            if !names.insert(n.as_str()) {
+                return Err(invalid(
+                    "system.multicall",
+                    format!("{n:?} is named twice among programs and multicall"),
+                ));
+            }
+        }
+        if !cfg.system.multicall.is_empty() && !names.contains(MULTICALL) {
+            return Err(invalid(
+                "system.multicall",
+                format!("the links need {MULTICALL:?} among the programs"),
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for f in &cfg.system.files {
             let p = &f.path;
@@ -317,6 +352,21 @@ extra = ["loglevel=4"]
         assert!(err.contains("initramfs.modules"), "{err}");
         let err = error_of(&base.replace("load = [\"loop\"]", "load = [\"../x\"]"));
         assert!(err.contains("system.load"), "{err}");
+        let err = error_of(&base.replace("binaries = []", "binaries = []\nmulticall = [\"a\"]"));
+        assert!(
+            err.contains("need \"zeronode\" among the programs"),
+            "{err}"
+        );
+        let err = error_of(&base.replace(
+            "binaries = []",
+            "binaries = []\nprograms = [\"zeronode\", \"a\"]\nmulticall = [\"a\"]",
+        ));
+        assert!(err.contains("\"a\" is named twice"), "{err}");
+        let err = error_of(&base.replace(
+            "binaries = []",
+            "binaries = []\nprograms = [\"zeronode\"]\nmulticall = [\"../sbin/x\"]",
+        ));
+        assert!(err.contains("system.multicall"), "{err}");
         let err = error_of(&base.replace("[kernel]", "[kernal]"));
         assert!(err.contains("kernal"), "{err}");
         for path in [

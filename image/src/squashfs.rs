@@ -26,6 +26,15 @@ pub fn make(root: &Path, image: &Path, comp: SquashfsCompression, epoch: u64) ->
         .arg(root)
         .arg(image)
         .args(["-noappend", "-all-root", "-no-xattrs", "-comp", comp])
+        // 512 KiB blocks at zstd level 19 made the system image 2.9 MB (5%)
+        // smaller than the defaults (128 KiB, level 15); the UKI has a 64 MiB
+        // budget. xz takes its own default level.
+        .args(["-b", "524288"])
+        .args(if comp == "zstd" {
+            &["-Xcompression-level", "19"][..]
+        } else {
+            &[]
+        })
         .args(["-mkfs-time", &epoch, "-all-time", &epoch])
         .args(["-quiet", "-no-progress"]))
 }

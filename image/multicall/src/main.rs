@@ -1,6 +1,7 @@
 //! `zeronode`: every module of the node in one static binary. The image
 //! installs it once, as /usr/bin/zeronode, with a symlink for each module
-//! (/usr/bin/zeronode-storage -> zeronode ...); run through a link, it runs
+//! (/usr/bin/zeronode-storage -> zeronode ...), from image/zeronode.toml's
+//! `multicall` list; run through a link, it runs
 //! that module's own `main`, the very file its crate builds as a binary
 //! for tests. One binary instead of one a module: the code they share
 //! (tokio, zbus, rustls, serde, the std) is in the image, hashed at boot
@@ -22,17 +23,30 @@ mod provision;
 mod shards;
 #[path = "../../../modules/storage/src/main.rs"]
 mod storage;
+#[path = "../../../modules/vms/src/main.rs"]
+mod vms;
+#[path = "../../../init/src/bin/znctl.rs"]
+mod znctl;
+
+type Main = fn() -> ExitCode;
+
+/// A module's `main`, whatever it returns, as an exit code.
+fn report<T: Termination>(main: fn() -> T) -> ExitCode {
+    main().report()
+}
 
 /// The names it answers to (image/zeronode.toml's `multicall` list must
 /// match: the image test checks), each with its module's `main`.
-const MODULES: &[(&str, fn() -> ExitCode)] = &[
-    ("zeronode-containers", || containers::main().report()),
-    ("zeronode-identity", || identity::main().report()),
-    ("zeronode-ledger", || ledger::main().report()),
-    ("zeronode-network", || network::main().report()),
-    ("zeronode-provision", || provision::main().report()),
-    ("zeronode-shards", || shards::main().report()),
-    ("zeronode-storage", || storage::main().report()),
+const MODULES: &[(&str, Main)] = &[
+    ("zeronode-containers", || report(containers::main)),
+    ("zeronode-identity", || report(identity::main)),
+    ("zeronode-ledger", || report(ledger::main)),
+    ("zeronode-network", || report(network::main)),
+    ("zeronode-provision", || report(provision::main)),
+    ("zeronode-shards", || report(shards::main)),
+    ("zeronode-storage", || report(storage::main)),
+    ("zeronode-vms", || report(vms::main)),
+    ("znctl", || report(znctl::main)),
 ];
 
 fn main() -> ExitCode {
@@ -54,4 +68,35 @@ fn main() -> ExitCode {
         names.join(", ")
     );
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MODULES;
+
+    /// The image links exactly the names this binary answers to: a module
+    /// added here but not there (or the reverse) would be missing on the
+    /// node, or a dangling link.
+    #[test]
+    fn image_config_links_every_module_and_nothing_else() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../zeronode.toml");
+        let text = std::fs::read_to_string(path).expect("read image/zeronode.toml");
+        let cfg: toml::Table = toml::from_str(&text).expect("parse image/zeronode.toml");
+        let listed: Vec<&str> = cfg["system"]["multicall"]
+            .as_array()
+            .expect("[system] multicall is a list")
+            .iter()
+            .map(|v| v.as_str().expect("names are strings"))
+            .collect();
+        let ours: Vec<&str> = MODULES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(listed, ours);
+    }
+
+    #[test]
+    fn module_names_are_unique() {
+        let mut names: Vec<&str> = MODULES.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), MODULES.len());
+    }
 }

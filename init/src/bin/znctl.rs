@@ -68,7 +68,7 @@ enum Failure {
     Call(String),
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::ServePort { port } = &cli.cmd {
         return match port_bridge::serve(port, &cli.socket) {

@@ -52,7 +52,7 @@ struct Args {
     stop_timeout_ms: u64,
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     zeronode_types::logging::init();
     let args = Args::parse();

@@ -146,7 +146,7 @@ pub fn cmdline(workload: Option<&str>) -> String {
 /// KVM when /dev/kvm opens and answers the API version every KVM has.
 pub fn kvm_usable() -> bool {
     use std::os::fd::AsRawFd;
-    const KVM_GET_API_VERSION: libc::c_ulong = 0xae00;
+    const KVM_GET_API_VERSION: libc::Ioctl = 0xae00;
     let Ok(f) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
