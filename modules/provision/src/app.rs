@@ -39,6 +39,8 @@ pub struct Config {
     pub read_skew_secs: u64,
     /// How often module sockets are looked at and expiry is checked.
     pub watch_interval: Duration,
+    /// What all deployments' containers and VMs together may use.
+    pub capacity: crate::Capacity,
 }
 
 /// A refusal: HTTP status, stable code, message. Nothing was written.
@@ -356,6 +358,16 @@ impl App {
         }
     }
 
+    /// What every live deployment but `except` uses, whoever's.
+    pub fn usage_of_all(&self, except: &str) -> Usage {
+        let st = self.state();
+        st.deployments
+            .iter()
+            .filter(|(id, _)| id.as_str() != except)
+            .filter_map(|(_, d)| d.live.as_ref())
+            .fold(Usage::default(), |u, l| u.add(&l.doc.usage()))
+    }
+
     fn usage_of(&self, twin: &str, except: &str) -> Usage {
         let st = self.state();
         st.deployments
@@ -462,6 +474,25 @@ impl App {
                     403,
                     "quota_exceeded",
                     format!("{what}: {used} with this deployment, the grant allows {allowed}"),
+                ));
+            }
+        }
+        // 10. within the node's capacity, with every other live deployment.
+        // One at a time node-wide, or two could each fit alone and not
+        // together.
+        let usage = d.usage();
+        let mut _node_lock = None;
+        if usage.cpu > 0 || usage.memory > 0 {
+            _node_lock = Some(self.locks.lock("node:capacity").await);
+            let total = self.usage_of_all(&d.id).add(&usage);
+            if let Some((what, used, cap)) = self.cfg.capacity.exceeded_by(&total) {
+                return Err(ApiError::new(
+                    409,
+                    "capacity_exceeded",
+                    format!(
+                        "{what}: {used} with this deployment and every other live one, \
+                         the node has {cap} for workloads"
+                    ),
                 ));
             }
         }

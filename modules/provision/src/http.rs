@@ -282,20 +282,8 @@ fn spawn_reconcile(app: &Arc<App>, id: &str) {
 
 async fn node_info(app: &App) -> Result<Value, ApiError> {
     let head = app.head().await?;
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024)
-        .unwrap_or(0);
     let disk = app.drivers_disk().await;
+    let used = app.usage_of_all("");
     let live = app
         .state()
         .deployments
@@ -307,7 +295,8 @@ async fn node_info(app: &App) -> Result<Value, ApiError> {
         "public_key": zeronode_deployment::hex::encode(app.node_key.as_bytes()),
         "farm_id": app.farm_id,
         "owner": app.owner,
-        "capacity": {"cpu": cpus, "memory": memory, "disk": disk},
+        "capacity": {"cpu": app.cfg.capacity.cpu, "memory": app.cfg.capacity.memory, "disk": disk},
+        "used": {"cpu": used.cpu, "memory": used.memory},
         "live_deployments": live,
         "ledger_head": {
             "size": head.size,

@@ -5,6 +5,7 @@
 //! docs/provision.md.
 
 pub mod app;
+pub mod capacity;
 pub mod http;
 pub mod metrics;
 pub mod modules;
@@ -12,3 +13,4 @@ pub mod reconcile;
 pub mod tls;
 
 pub use app::{ApiError, App, Config};
+pub use capacity::Capacity;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use zeronode_deployment::WorkloadType;
-use zeronode_provision::{http, tls, App, Config};
+use zeronode_provision::{capacity, http, tls, App, Capacity, Config};
 use zeronode_types::{boot_config, bus};
 
 #[derive(Parser)]
@@ -51,6 +51,16 @@ struct Args {
     /// How often module sockets and expirations are checked, ms.
     #[arg(long, default_value_t = 1000)]
     watch_interval_ms: u64,
+    /// vCPUs all containers and VMs may have together; default: this
+    /// machine's CPUs times --cpu-overcommit.
+    #[arg(long)]
+    cpu_capacity: Option<u64>,
+    #[arg(long, default_value_t = capacity::DEFAULT_CPU_OVERCOMMIT)]
+    cpu_overcommit: u64,
+    /// Bytes of memory all containers and VMs may have together; default:
+    /// MemTotal less max(256 MiB, an eighth) kept for the node.
+    #[arg(long)]
+    memory_capacity: Option<u64>,
     /// How long to wait for identity and the ledger at start, seconds.
     #[arg(long, default_value_t = 60)]
     wait: u64,
@@ -74,6 +84,17 @@ fn run(args: Args) -> Result<()> {
         .clone()
         .or_else(|| boot.owner_key.map(|k| boot_config::hex(&k)));
     let listen = args.listen.unwrap_or(boot.api_listen);
+    let machine = Capacity::of_this_machine(args.cpu_overcommit)
+        .context("reading this machine's CPUs and memory")?;
+    let capacity = Capacity {
+        cpu: args.cpu_capacity.unwrap_or(machine.cpu),
+        memory: args.memory_capacity.unwrap_or(machine.memory),
+    };
+    tracing::info!(
+        "capacity for workloads: {} vCPUs, {} MiB",
+        capacity.cpu,
+        capacity.memory >> 20
+    );
     let cfg = Config {
         ledger_socket: args.ledger_socket,
         identity_socket: args.identity_socket,
@@ -86,6 +107,7 @@ fn run(args: Args) -> Result<()> {
         max_body: args.max_body,
         read_skew_secs: args.read_skew,
         watch_interval: Duration::from_millis(args.watch_interval_ms.max(50)),
+        capacity,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

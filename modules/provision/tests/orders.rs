@@ -716,3 +716,97 @@ async fn containers_and_zdbs_through_their_modules() {
     assert!(fakes.containers.lock().unwrap().is_empty());
     assert!(fakes.namespaces.lock().unwrap().is_empty());
 }
+
+/// All deployments' containers and VMs together must fit the node, whoever
+/// deploys them: one that does not is refused with nothing written, and
+/// fits again once another is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_must_fit_the_node_capacity() {
+    let node = Node::start(
+        false,
+        &["--cpu-capacity", "3", "--memory-capacity", "536870912"],
+    )
+    .await;
+    let c = node.client();
+    let owner = &node.owner;
+    let twin = SigningKey::from_bytes(&[7; 32]);
+    let t = hex::encode(twin.verifying_key().as_bytes());
+    // The twin's own quota is generous: only the node's capacity limits it.
+    c.grant(signed(
+        json!({"kind": "grant", "twin": t, "version": 1,
+               "expiration": zeronode_client::api::now_secs() + 3600,
+               "quota": {"cpu": 64, "memory": 1u64 << 40, "disk": 1u64 << 40, "count": 64}}),
+        &[owner],
+    ))
+    .await
+    .unwrap();
+    let with = |key: &SigningKey, id: &str, version: u64, typ: &str, cpu: u64, memory: u64| {
+        let mut d = deployment(key, id, version);
+        let data = match typ {
+            "vm" => json!({"kernel": {"url": "http://10.0.2.2/k", "sha256": "00".repeat(32)},
+                           "cpu": cpu, "memory": memory, "network": "net"}),
+            _ => json!({"image": {"url": "http://10.0.2.2/i.tar", "sha256": "00".repeat(32)},
+                        "cpu": cpu, "memory": memory, "network": "net"}),
+        };
+        d["workloads"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "w", "type": typ, "version": 1, "data": data}));
+        signed(d, &[key])
+    };
+    // The owner's VM takes 2 vCPUs and 256 MiB of 3 and 512 MiB.
+    c.deploy(with(owner, "big", 1, "vm", 2, 256 << 20))
+        .await
+        .unwrap();
+    settled(&c, "big", owner).await;
+    let count = node.ledger_count().await;
+    for (what, order, want) in [
+        (
+            "cpu",
+            with(&twin, "small", 1, "container", 2, 64 << 20),
+            "cpu: 4 ",
+        ),
+        (
+            "memory",
+            with(&twin, "small", 1, "container", 1, 300 << 20),
+            "memory: 583008256 ",
+        ),
+    ] {
+        match c.deploy(order).await {
+            Err(ClientError::Refused {
+                status,
+                code,
+                message,
+            }) => {
+                assert_eq!(
+                    (status, code.as_str()),
+                    (409, "capacity_exceeded"),
+                    "{what}: {message}"
+                );
+                assert!(message.starts_with(want), "{what}: {message}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_eq!(node.ledger_count().await, count, "{what}: the ledger grew");
+    }
+    // What fits beside it is taken; an update is counted without its old version.
+    c.deploy(with(&twin, "small", 1, "container", 1, 256 << 20))
+        .await
+        .unwrap();
+    c.update("big", with(owner, "big", 2, "vm", 2, 128 << 20))
+        .await
+        .unwrap();
+    // Once the owner deletes the VM, the twin's larger container fits.
+    let del = signed(
+        json!({"kind": "delete", "id": "big", "version": 3, "twin": node.owner_hex()}),
+        &[owner],
+    );
+    c.delete("big", del).await.unwrap();
+    c.update("small", with(&twin, "small", 2, "container", 3, 512 << 20))
+        .await
+        .unwrap();
+    let n = c.node().await.unwrap();
+    assert_eq!(n["capacity"]["cpu"], 3, "{n}");
+    assert_eq!(n["capacity"]["memory"], 512u64 << 20, "{n}");
+    assert_eq!(n["used"], json!({"cpu": 3, "memory": 512u64 << 20}), "{n}");
+}

@@ -386,6 +386,7 @@ impl Node {
             "network",
             "storage",
             "containers",
+            "vms",
             "shards",
         ] {
             let path = match (&modules, m) {
