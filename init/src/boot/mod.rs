@@ -10,3 +10,4 @@ pub mod pid1;
 pub mod power_button;
 pub mod rootfs;
 pub mod shutdown;
+pub mod static_nodes;

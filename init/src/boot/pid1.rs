@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::{kmod, logging, mounts, net, power_button, rootfs, shutdown};
+use super::{kmod, logging, mounts, net, power_button, rootfs, shutdown, static_nodes};
 use crate::run::{self, ReadyClock, RunOptions};
 use zeronode_types::boot_config::{self as cmdline, BootConfig};
 
@@ -129,6 +129,10 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
         Ok(i) => i,
         Err(e) => return tracing::warn!("no kernel modules loaded: {e}"),
     };
+    match static_nodes::create(&dir, Path::new("/dev")) {
+        Ok(made) => tracing::debug!("{} device nodes for on-demand modules", made.len()),
+        Err(e) => tracing::warn!("device nodes for on-demand modules: {e}"),
+    }
     let t = std::time::Instant::now();
     let mut loader = kmod::Loader::new(index).with_async_probe();
     let report = loader.coldplug(Path::new("/sys"), &[]);
