@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use zeronode_containers::fixture::{busybox_archive, sha256_hex, HttpServer};
 
-use super::provision::{boot, node_opts, wait_all_ok, Target, Zn, OWNER_SEED};
+use super::provision::{boot, node_opts, wait_all_ok, Target, Zn};
 use super::storage::{blank_disk, power_off};
 use super::{ensure, Check, BOOT_TIMEOUT};
 
@@ -158,13 +158,7 @@ pub fn container_runs_and_comes_back_after_a_hard_reset() -> Check {
     let port = http.base.rsplit(':').next().unwrap_or_default();
     let url = format!("http://10.0.2.2:{port}/bb.tar");
 
-    let zn = Zn {
-        bin: zeronode_e2e::zn_binary()?,
-        dir: work.path().to_path_buf(),
-    };
-    let (rc, v) = zn.run(&["key", "import", "owner.key", "--seed", OWNER_SEED])?;
-    ensure(rc == 0, || format!("zn key import: {v}"))?;
-    let owner = v["public_key"].as_str().unwrap_or_default().to_string();
+    let (zn, owner) = Zn::with_owner(work.path())?;
     let disk = work.path().join("pool.raw");
     blank_disk(&disk, 1024)?;
     let o = node_opts(&disk, &owner);

@@ -12,6 +12,7 @@ mod power;
 mod provision;
 mod shards;
 mod storage;
+mod vms;
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use power::*;
 use provision::*;
 use shards::*;
 use storage::*;
+use vms::*;
 
 pub type Check = Result<(), String>;
 type Case = (&'static str, fn() -> Check);
@@ -51,7 +53,7 @@ pub fn ensure(cond: bool, what: impl FnOnce() -> String) -> Check {
 
 fn main() {
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let cases: [Case; 13] = [
+    let cases: [Case; 14] = [
         (
             "direct_boot_ready_then_power_button",
             direct_boot_ready_then_power_button,
@@ -88,6 +90,10 @@ fn main() {
         (
             "object_survives_a_node_powered_off",
             object_survives_a_node_powered_off,
+        ),
+        (
+            "vm_runs_and_comes_back_after_a_hard_reset",
+            vm_runs_and_comes_back_after_a_hard_reset,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);

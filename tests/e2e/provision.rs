@@ -38,6 +38,19 @@ pub(crate) struct Zn {
 }
 
 impl Zn {
+    /// zn working in `dir`, with the owner's key imported as owner.key;
+    /// returns it and the owner's public key (hex).
+    pub(crate) fn with_owner(dir: &Path) -> Result<(Zn, String), String> {
+        let zn = Zn {
+            bin: zeronode_e2e::zn_binary()?,
+            dir: dir.to_path_buf(),
+        };
+        let (rc, v) = zn.run(&["key", "import", "owner.key", "--seed", OWNER_SEED])?;
+        ensure(rc == 0, || format!("zn key import: {v}"))?;
+        let owner = v["public_key"].as_str().unwrap_or_default().to_string();
+        Ok((zn, owner))
+    }
+
     pub(crate) fn run(&self, args: &[&str]) -> Result<(i32, Value), String> {
         let out = Command::new(&self.bin)
             .current_dir(&self.dir)
@@ -164,13 +177,7 @@ fn volume_dir(pool: &Path) -> Result<PathBuf, String> {
 
 pub fn signed_deployment_survives_a_hard_reset() -> Check {
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let zn = Zn {
-        bin: zeronode_e2e::zn_binary()?,
-        dir: work.path().to_path_buf(),
-    };
-    let (rc, v) = zn.run(&["key", "import", "owner.key", "--seed", OWNER_SEED])?;
-    ensure(rc == 0, || format!("zn key import: {v}"))?;
-    let owner = v["public_key"].as_str().unwrap_or_default().to_string();
+    let (zn, owner) = Zn::with_owner(work.path())?;
     let (rc, v) = zn.run(&["key", "generate", "other.key"])?;
     ensure(rc == 0, || format!("zn key generate: {v}"))?;
     std::fs::write(work.path().join("spec.toml"), SPEC).map_err(|e| e.to_string())?;

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use zeronode_qemu::{free_port, Boot, Forward, Node};
 
-use super::provision::{api_target, wait_all_ok, Zn, OWNER_SEED};
+use super::provision::{api_target, wait_all_ok, Zn};
 use super::storage::power_off;
 use super::{ensure, opts, start, Check, BOOT_TIMEOUT};
 
@@ -72,13 +72,7 @@ fn deploy_zdb(node: &mut Node, zn: &Zn, host_port: u16) -> Result<String, String
 pub fn object_survives_a_node_powered_off() -> Check {
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir = work.path();
-    let zn = Zn {
-        bin: zeronode_e2e::zn_binary()?,
-        dir: dir.to_path_buf(),
-    };
-    let (rc, v) = zn.run(&["key", "import", "owner.key", "--seed", OWNER_SEED])?;
-    ensure(rc == 0, || format!("zn key import: {v}"))?;
-    let owner = v["public_key"].as_str().unwrap_or_default().to_string();
+    let (zn, owner) = Zn::with_owner(dir)?;
     std::fs::write(dir.join("spec.toml"), spec()).map_err(|e| e.to_string())?;
 
     // Three nodes, one blank disk each, booting at once on the 2 host

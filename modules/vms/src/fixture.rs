@@ -128,8 +128,10 @@ for b in /sys/block/vd*; do
   else
     n=$(dd if=$dev bs=16 count=1 2>/dev/null | tr -dc 0-9)
     n=$((n+1))
-    echo $n | dd of=$dev conv=notrunc 2>/dev/null
-    sync
+    # fsync, not sync: sync(2) writes a raw device's pages but sends no
+    # cache flush, so they could sit in the host's page cache (the node's,
+    # in the boot test) and be lost to its hard reset.
+    echo $n | dd of=$dev conv=notrunc,fsync 2>/dev/null
     echo "ZN-BOOTS: $n on $dev"
   fi
 done
