@@ -74,7 +74,7 @@ impl Containers {
     /// (invalid UTF-8 replaced).
     async fn logs(&self, name: String, max_bytes: u64) -> Result<String, Error> {
         let b = self.manager.logs(&name, max_bytes.min(16 << 20))?;
-        Ok(String::from_utf8_lossy(&b).into_owned())
+        Ok(crate::logs::as_text(&b))
     }
 }
 

@@ -82,8 +82,21 @@ pub fn remove(dir: &Path, name: &str) {
     let _ = std::fs::remove_file(old_path(dir, name));
 }
 
+/// A log's bytes as a D-Bus string: invalid UTF-8 and NUL (which D-Bus
+/// strings cannot carry; a guest's serial console does print it) become
+/// U+FFFD, so one odd byte cannot make the whole log unreadable.
+pub fn as_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}")
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn text_for_dbus_has_no_nul_and_keeps_the_rest() {
+        assert_eq!(as_text(b"up\0\xffok\n"), "up\u{FFFD}\u{FFFD}ok\n");
+        assert_eq!(as_text(b"plain"), "plain");
+    }
     use super::*;
 
     #[test]
