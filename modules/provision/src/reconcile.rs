@@ -81,6 +81,25 @@ pub fn namespace_name(dep: &str, w: &str) -> String {
     node_name("zn-", dep, w, 32)
 }
 
+/// VM names: 1-64 of [a-z0-9_.-] in the vms module.
+pub fn vm_name(dep: &str, w: &str) -> String {
+    node_name("zn-", dep, w, 32)
+}
+
+/// A failed call as a result reason. A transport error (not an error the
+/// module answered) drops the connection, so the next call reconnects.
+async fn failed(m: &ModuleConn, e: zbus::Error) -> String {
+    if method_error(&e).is_none() {
+        m.reset().await;
+    }
+    call_error(m, e)
+}
+
+/// The module answered that the thing is not there: a removal is done.
+fn is_not_found(e: &zbus::Error) -> bool {
+    method_error(e).is_some_and(|(n, _)| n.ends_with(".NotFound"))
+}
+
 fn call_error(m: &ModuleConn, e: zbus::Error) -> String {
     match method_error(&e) {
         Some((name, msg)) => format!("{name}: {msg}"),
@@ -102,12 +121,7 @@ impl Driver for NetworkDriver {
             // NetworkCreate is idempotent for the same name and subnet.
             match p.network_create(&name, &n.subnet).await {
                 Ok(gw) => Ok(format!("bridge znb-{name} {gw}")),
-                Err(e) => {
-                    if method_error(&e).is_none() {
-                        self.0.reset().await;
-                    }
-                    Err(call_error(&self.0, e))
-                }
+                Err(e) => Err(failed(&self.0, e).await),
             }
         })
     }
@@ -155,12 +169,7 @@ impl Driver for VolumeDriver {
                         None => Err(format!("volume {name}: exists but is not listed")),
                     }
                 }
-                Err(e) => {
-                    if method_error(&e).is_none() {
-                        self.0.reset().await;
-                    }
-                    Err(call_error(&self.0, e))
-                }
+                Err(e) => Err(failed(&self.0, e).await),
             }
         })
     }
@@ -171,8 +180,8 @@ impl Driver for VolumeDriver {
             let p = Storage1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
             match p.volume_delete(&volume_name(dep, &w.name)).await {
                 Ok(()) => Ok(()),
-                Err(e) if method_error(&e).is_some_and(|(n, _)| n.ends_with(".NotFound")) => Ok(()),
-                Err(e) => Err(call_error(&self.0, e)),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(failed(&self.0, e).await),
             }
         })
     }
@@ -260,12 +269,7 @@ async fn volume_paths(storage: &ModuleConn) -> Result<HashMap<String, String>, S
     let p = Storage1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
     match p.volume_list().await {
         Ok(list) => Ok(list.into_iter().map(|v| (v.0, v.2)).collect()),
-        Err(e) => {
-            if method_error(&e).is_none() {
-                storage.reset().await;
-            }
-            Err(call_error(storage, e))
-        }
+        Err(e) => Err(failed(storage, e).await),
     }
 }
 
@@ -305,12 +309,7 @@ impl Driver for ContainerDriver {
             // downloads and unpacks the image, which can take minutes.
             match p.create(&spec.to_string()).await {
                 Ok(status) => Ok(container_detail(&status)),
-                Err(e) => {
-                    if method_error(&e).is_none() {
-                        self.containers.reset().await;
-                    }
-                    Err(call_error(&self.containers, e))
-                }
+                Err(e) => Err(failed(&self.containers, e).await),
             }
         })
     }
@@ -323,8 +322,8 @@ impl Driver for ContainerDriver {
                 .map_err(|e| e.to_string())?;
             match p.delete(&container_name(dep, &w.name)).await {
                 Ok(()) => Ok(()),
-                Err(e) if method_error(&e).is_some_and(|(n, _)| n.ends_with(".NotFound")) => Ok(()),
-                Err(e) => Err(call_error(&self.containers, e)),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(failed(&self.containers, e).await),
             }
         })
     }
@@ -391,7 +390,7 @@ pub fn vm_spec(
             spec.insert(k.into(), x.clone());
         }
     }
-    spec.insert("name".into(), json!(container_name(dep, &w.name)));
+    spec.insert("name".into(), json!(vm_name(dep, &w.name)));
     spec.insert("cpu".into(), json!(v.cpu));
     spec.insert("memory".into(), json!(v.memory));
     if !disks.is_empty() {
@@ -425,12 +424,7 @@ impl Driver for VmDriver {
             // No call timeout: a first Create downloads the kernel or image.
             match p.create(&spec.to_string()).await {
                 Ok(status) => Ok(vm_detail(&status)),
-                Err(e) => {
-                    if method_error(&e).is_none() {
-                        self.vms.reset().await;
-                    }
-                    Err(call_error(&self.vms, e))
-                }
+                Err(e) => Err(failed(&self.vms, e).await),
             }
         })
     }
@@ -439,10 +433,10 @@ impl Driver for VmDriver {
         Box::pin(async move {
             let conn = self.vms.get().await?;
             let p = Vms1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
-            match p.delete(&container_name(dep, &w.name)).await {
+            match p.delete(&vm_name(dep, &w.name)).await {
                 Ok(()) => Ok(()),
-                Err(e) if method_error(&e).is_some_and(|(n, _)| n.ends_with(".NotFound")) => Ok(()),
-                Err(e) => Err(call_error(&self.vms, e)),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(failed(&self.vms, e).await),
             }
         })
     }
@@ -461,7 +455,7 @@ impl Driver for VmDriver {
             let r = async {
                 let conn = self.vms.get().await?;
                 let p = Vms1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
-                p.logs(&container_name(dep, workload), max_bytes)
+                p.logs(&vm_name(dep, workload), max_bytes)
                     .await
                     .map_err(|e| call_error(&self.vms, e))
             }
@@ -572,12 +566,7 @@ impl Driver for ZdbDriver {
                     let (host, port) = p.listener().await.map_err(|e| call_error(&self.conn, e))?;
                     Ok(format!("namespace {name} {host}:{port}"))
                 }
-                Err(e) => {
-                    if method_error(&e).is_none() {
-                        self.conn.reset().await;
-                    }
-                    Err(call_error(&self.conn, e))
-                }
+                Err(e) => Err(failed(&self.conn, e).await),
             }
         })
     }
@@ -588,8 +577,8 @@ impl Driver for ZdbDriver {
             let p = Shards1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
             match p.namespace_delete(&namespace_name(dep, &w.name)).await {
                 Ok(()) => Ok(()),
-                Err(e) if method_error(&e).is_some_and(|(n, _)| n.ends_with(".NotFound")) => Ok(()),
-                Err(e) => Err(call_error(&self.conn, e)),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(failed(&self.conn, e).await),
             }
         })
     }
@@ -981,7 +970,7 @@ mod vm_spec_tests {
         );
         let vol = volume_name("d1", "vol");
         let spec = vm_spec("d1", &w, &|n| (n == vol).then(|| "/mnt/p/v".to_string())).unwrap();
-        assert_eq!(spec["name"], json!(container_name("d1", "vm")));
+        assert_eq!(spec["name"], json!(vm_name("d1", "vm")));
         assert_eq!(spec["network"]["name"], json!(network_name("d1", "net")));
         assert_eq!(spec["disks"][0]["volume"], "/mnt/p/v");
         assert_eq!(spec["disks"][0]["file"], "root.raw");
