@@ -212,6 +212,10 @@ fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<String> {
         lines(&src.cfg.system.load).as_bytes(),
     )?;
     write(
+        &etc.join("zeronode/modules-early"),
+        lines(&src.cfg.system.early).as_bytes(),
+    )?;
+    write(
         &etc.join("zeronode/release"),
         format!(
             "NAME={}\nVERSION={}\nGIT_COMMIT={}\nKERNEL={}\n",

@@ -84,8 +84,13 @@ pub struct System {
     pub compression: SquashfsCompression,
     /// Module names, or globs over modules.dep paths.
     pub modules: Vec<String>,
-    /// Loaded at every boot: /etc/zeronode/modules-load.
+    /// Loaded at every boot once the node is ready: /etc/zeronode/modules-load.
     pub load: Vec<String>,
+    /// Loaded at every boot from the start of stage 2, beside the device
+    /// drivers, because a service on the way to ready needs them:
+    /// /etc/zeronode/modules-early.
+    #[serde(default)]
+    pub early: Vec<String>,
     /// Absolute paths of Debian binaries on the build machine.
     #[serde(default)]
     pub binaries: Vec<String>,
@@ -187,6 +192,7 @@ impl ImageConfig {
             ("initramfs.modules", &cfg.initramfs.modules),
             ("system.modules", &cfg.system.modules),
             ("system.load", &cfg.system.load),
+            ("system.early", &cfg.system.early),
         ] {
             if let Some(m) = list.iter().find(|m| !module_ok(m)) {
                 return Err(invalid(
@@ -198,6 +204,7 @@ impl ImageConfig {
         for (field, list) in [
             ("initramfs.modules", &cfg.initramfs.modules),
             ("system.load", &cfg.system.load),
+            ("system.early", &cfg.system.early),
         ] {
             if let Some(m) = list.iter().find(|m| m.contains(['/', '*'])) {
                 return Err(invalid(
@@ -352,6 +359,8 @@ extra = ["loglevel=4"]
         assert!(err.contains("initramfs.modules"), "{err}");
         let err = error_of(&base.replace("load = [\"loop\"]", "load = [\"../x\"]"));
         assert!(err.contains("system.load"), "{err}");
+        let err = error_of(&base.replace("load = [\"loop\"]", "load = []\nearly = [\"fs/*\"]"));
+        assert!(err.contains("system.early"), "{err}");
         let err = error_of(&base.replace("binaries = []", "binaries = []\nmulticall = [\"a\"]"));
         assert!(
             err.contains("need \"zeronode\" among the programs"),

@@ -42,6 +42,8 @@ pub fn direct_boot_ready_then_power_button() -> Check {
         "bridge",
         "evdev",
         "kvm",
+        // the early list, loaded beside the device drivers
+        "btrfs",
     ] {
         ensure(loaded.contains(&m), || {
             format!("{m} not loaded: {loaded:?}")

@@ -41,7 +41,7 @@ fn name_of(path: &str) -> String {
     canonical(stem)
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ModuleIndex {
     dir: PathBuf,
     /// name -> (path relative to dir, direct and indirect dependencies by name)

@@ -23,21 +23,41 @@ pub fn init_stderr() {
         .try_init();
 }
 
-/// PID 1: console and kernel log.
+/// PID 1: console and kernel log. With `debug` every line also carries the
+/// time since the kernel started, the clock of the ready line and of the
+/// kernel's own messages, so a slow boot shows where its time went.
 pub fn init_pid1(debug: bool) {
     let kmsg = OpenOptions::new()
         .write(true)
         .open("/dev/kmsg")
         .ok()
         .map(Arc::new);
-    let level = if debug { Level::DEBUG } else { Level::INFO };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
+    let builder = tracing_subscriber::fmt()
         .with_writer(ConsoleAndKmsg { kmsg })
         .with_target(false)
-        .without_time()
-        .with_ansi(false)
-        .try_init();
+        .with_ansi(false);
+    let _ = if debug {
+        builder
+            .with_max_level(Level::DEBUG)
+            .with_timer(SinceBoot)
+            .try_init()
+    } else {
+        builder
+            .with_max_level(Level::INFO)
+            .without_time()
+            .try_init()
+    };
+}
+
+/// Seconds since the kernel started (CLOCK_BOOTTIME), as `[   3.214]`.
+struct SinceBoot;
+
+impl tracing_subscriber::fmt::time::FormatTime for SinceBoot {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map_or((0, 0), |t| (t.tv_sec(), t.tv_nsec() / 1_000_000));
+        write!(w, "[{:4}.{:03}]", t.0, t.1)
+    }
 }
 
 #[derive(Clone)]

@@ -33,6 +33,7 @@ fn boot() -> Result<std::convert::Infallible, String> {
         return Err(rootfs::enter_system_image(&cfg).to_string());
     }
 
+    tracing::debug!("stage 2: running from the system image");
     // WRITABLE is in place already when stage 1 built the root; mount_all
     // skips what is mounted.
     for set in [mounts::WRITABLE, mounts::SYSTEM] {
@@ -113,11 +114,14 @@ fn write_boot_config(cfg: &BootConfig) {
 }
 
 /// Every device's driver, before any service starts (a service may need
-/// its NIC or disk). The modules of CPU features (kvm...) and the image's
-/// fixed list load on a thread once the node is ready (`ready` fires):
-/// those (kvm, bridge, veth, nf_tables...) serve workloads, and the kernel
-/// asks for most of them itself through /sbin/modprobe, so they only warm
-/// up the first use and must not compete with the way to ready for the
+/// its NIC or disk). Beside them, on a thread, the image's early list
+/// (/etc/zeronode/modules-early: btrfs, which the storage service needs
+/// before ready and whose init alone takes a second under emulation, half
+/// of it raid6's timed benchmark). The modules of CPU features (kvm...) and
+/// the image's fixed list load on a thread once the node is ready (`ready`
+/// fires): those (kvm, bridge, veth, nf_tables...) serve workloads, and the
+/// kernel asks for most of them itself through /sbin/modprobe, so they only
+/// warm up the first use and must not compete with the way to ready for the
 /// CPU. Failures are reported and boot goes on.
 fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
     let release = match nix::sys::utsname::uname() {
@@ -129,6 +133,23 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
         Ok(i) => i,
         Err(e) => return tracing::warn!("no kernel modules loaded: {e}"),
     };
+    tracing::debug!("module index of {} read", dir.display());
+    let early = kmod::parse_load_list(
+        &std::fs::read_to_string("/etc/zeronode/modules-early").unwrap_or_default(),
+    );
+    if !early.is_empty() {
+        let mut loader = kmod::Loader::new(index.clone());
+        let spawned = std::thread::Builder::new()
+            .name("modules-early".into())
+            .spawn(move || {
+                let mut report = kmod::LoadReport::default();
+                loader.load_many(early, &mut report);
+                log_report("early module list", &report);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot load the early module list: {e}");
+        }
+    }
     match static_nodes::create(&dir, Path::new("/dev")) {
         Ok(made) => tracing::debug!("{} device nodes for on-demand modules", made.len()),
         Err(e) => tracing::warn!("device nodes for on-demand modules: {e}"),

@@ -99,12 +99,36 @@ pub fn bring_up(cfg: &Config) -> Result<Node> {
             warnings.push(w);
         }
     }
+    // Disks come up in parallel (formatting one is mostly mkfs.btrfs waiting
+    // on its writes); which of two copies of a pool is used is settled
+    // first, in disk order, so that stays the same from boot to boot.
+    let copies = copies_of_earlier_pools(&disks);
+    let outcomes: Vec<Result<Outcome>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = disks
+            .iter()
+            .zip(&copies)
+            .map(|(disk, copy_of)| {
+                let wipe = cfg.wipe.iter().any(|r| disk.matches(r));
+                scope.spawn(move || bring_up_disk(cfg, disk, wipe, copy_of.as_deref()))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&disks)
+            .map(|(h, disk)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(StorageError::BadDevice {
+                        path: disk.dev.clone(),
+                        reason: "its bring-up thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
     let mut pools: Vec<Pool> = Vec::new();
     let mut reports = Vec::new();
-    for disk in disks {
-        let wipe = cfg.wipe.iter().any(|r| disk.matches(r));
-        let taken: BTreeSet<String> = pools.iter().map(|p| p.label.clone()).collect();
-        let state = match bring_up_disk(cfg, &disk, wipe, &taken) {
+    for (disk, outcome) in disks.into_iter().zip(outcomes) {
+        let state = match outcome {
             Ok(Outcome::Pooled(pool, state)) => {
                 pools.push(pool);
                 state
@@ -134,12 +158,25 @@ enum Outcome {
     Left(String),
 }
 
-fn bring_up_disk(
-    cfg: &Config,
-    disk: &Disk,
-    wipe: bool,
-    taken: &BTreeSet<String>,
-) -> Result<Outcome> {
+/// For each disk, the label of the pool it holds when an earlier disk holds
+/// the same pool (a copy, which is left alone); None for the rest.
+fn copies_of_earlier_pools(disks: &[Disk]) -> Vec<Option<String>> {
+    let mut seen = BTreeSet::new();
+    disks
+        .iter()
+        .map(|disk| {
+            if disk.read_only || !disk.holders.is_empty() || disk.size_bytes == 0 {
+                return None;
+            }
+            match probe::probe(&disk.dev, disk.size_bytes) {
+                Ok(Content::Pool { label }) if !seen.insert(label.clone()) => Some(label),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn bring_up_disk(cfg: &Config, disk: &Disk, wipe: bool, copy_of: Option<&str>) -> Result<Outcome> {
     if disk.read_only {
         return Ok(Outcome::Left("read-only".into()));
     }
@@ -156,7 +193,7 @@ fn bring_up_disk(
     let mut wiped = false;
     match content {
         Content::Pool { label } => {
-            if taken.contains(&label) {
+            if copy_of == Some(label.as_str()) {
                 return Ok(Outcome::Left(format!(
                     "ZeroNode pool {label} is already mounted from another disk (a copy?)"
                 )));

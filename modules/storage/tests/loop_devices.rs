@@ -97,6 +97,41 @@ fn pool_is_reused_and_its_files_survive_a_remount() {
 }
 
 #[test]
+fn blank_disks_come_up_together_and_a_copied_pool_is_left_alone() {
+    let scratch = Scratch::new();
+    let a = LoopDisk::new(&scratch.path().join("a.img"), 256);
+    let b = LoopDisk::new(&scratch.path().join("b.img"), 256);
+    let first = bring_up(&config(&scratch, vec![a.dev.clone(), b.dev.clone()], &[])).unwrap();
+    assert_eq!(first.pools.len(), 2, "{:?}", first.disks);
+    assert_ne!(first.pools[0].label, first.pools[1].label);
+    // The cache is on the first disk's pool, as in disk order.
+    assert_eq!(first.cache.pool.as_ref(), Some(&first.pools[0].label));
+    let label_a = first.pools[0].label.clone();
+    scratch.unmount_all();
+    drop(b);
+
+    // b becomes a byte copy of a (a cloned disk): same label, same fsid.
+    std::fs::copy(&a.file, scratch.path().join("b.img")).unwrap();
+    let b = LoopDisk::new(&scratch.path().join("b.img"), 256);
+    for order in [
+        vec![a.dev.clone(), b.dev.clone()],
+        vec![b.dev.clone(), a.dev.clone()],
+    ] {
+        let node = bring_up(&config(&scratch, order.clone(), &[])).unwrap();
+        assert_eq!(node.pools.len(), 1, "{:?}", node.disks);
+        // The disk listed first is used, whichever thread got there first.
+        assert_eq!(node.pools[0].device, order[0]);
+        assert_eq!(node.pools[0].label, label_a);
+        assert!(
+            matches!(&node.disks[1].state, DiskState::LeftAlone(r) if r.contains("already mounted from another disk")),
+            "{:?}",
+            node.disks[1].state
+        );
+        scratch.unmount_all();
+    }
+}
+
+#[test]
 fn foreign_disk_is_left_byte_identical() {
     let scratch = Scratch::new();
     let file = scratch.path().join("foreign.img");
