@@ -2,6 +2,10 @@
 //! `zeronode: ready` for each boot path, beside a trivial /init (prints, powers
 //! off) on the same kernel and QEMU settings; wall time from QEMU start; the
 //! size of every artifact. Run by scripts/bench; `ZN_BOOT_RUNS` sets the runs.
+//!
+//! The boot paths boot a new node: two blank disks, formatted on the way to
+//! ready, a node key made. "reboot" is a node's usual boot: the same two
+//! disks again (pools, key and ledger exist), after one unmeasured first boot.
 
 use std::time::{Duration, Instant};
 
@@ -67,6 +71,20 @@ fn main() {
     let image = image_dir();
     let mut baseline = NodeOptions::new(&image, Boot::Direct);
     baseline.initrd = Some(image.join("baseline-initramfs.img"));
+    let disks = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("a directory for the reboot case's disks: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut reboot = NodeOptions::new(&image, Boot::Direct);
+    reboot.disks = 0;
+    reboot.disk_files = vec![disks.path().join("a.qcow2"), disks.path().join("b.qcow2")];
+    if let Err(e) = one(&reboot, false) {
+        eprintln!("first boot of the reboot case: {e}");
+        std::process::exit(1);
+    }
     let cases: Vec<(&str, NodeOptions, bool)> = vec![
         ("baseline /init (direct)", baseline, true),
         (
@@ -76,6 +94,7 @@ fn main() {
         ),
         ("zeronode uefi", NodeOptions::new(&image, Boot::Uefi), false),
         ("zeronode pxe", NodeOptions::new(&image, Boot::Pxe), false),
+        ("zeronode direct, reboot", reboot, false),
     ];
     println!("boot under QEMU TCG, {runs} runs each, min / median / max");
     println!(
@@ -119,6 +138,10 @@ fn main() {
     println!(
         "ZeroNode's init adds {} ms of guest time before ready (direct boot, medians; target < 1500)",
         medians[1] as i64 - medians[0] as i64
+    );
+    println!(
+        "and {} ms on a reboot (pools, key and ledger exist)",
+        medians[4] as i64 - medians[0] as i64
     );
     println!("\nartifacts");
     for name in [

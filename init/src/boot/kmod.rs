@@ -351,12 +351,7 @@ pub struct Loader {
 impl Loader {
     pub fn new(index: ModuleIndex) -> Self {
         let loaded = std::fs::read_to_string("/proc/modules")
-            .map(|t| {
-                t.lines()
-                    .filter_map(|l| l.split_whitespace().next())
-                    .map(canonical)
-                    .collect()
-            })
+            .map(|t| live_modules(&t))
             .unwrap_or_default();
         Loader {
             index,
@@ -521,6 +516,25 @@ impl Loader {
         self.load_many(std::mem::take(wanted), report);
         true
     }
+}
+
+/// The modules of a /proc/modules text that are in and working. One still
+/// `Loading` (its init running on another thread: the early list's btrfs
+/// while storage mounts a pool) is not: loading it again makes the kernel
+/// wait for that init to end, which is what a `modprobe` caller needs
+/// before it uses the module.
+pub fn live_modules(proc_modules: &str) -> HashSet<String> {
+    proc_modules
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // name size refcount users state address
+            match f.get(4) {
+                Some(&"Live") => Some(canonical(f[0])),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// How long the uevent stream must stay quiet for coldplug to be done.
@@ -751,6 +765,18 @@ pub fn parse_load_list(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_module_still_loading_is_not_counted_as_loaded() {
+        let text = "btrfs 1785856 0 - Loading 0x0000000000000000\n\
+                    virtio_net 61440 0 - Live 0x0000000000000000\n\
+                    raid6_pq 122880 1 btrfs, Live 0x0000000000000000\n\
+                    old_mod 4096 0 - Unloading 0x0000000000000000\n";
+        let live = live_modules(text);
+        assert!(live.contains("virtio_net") && live.contains("raid6_pq"));
+        assert!(!live.contains("btrfs"), "{live:?}");
+        assert!(!live.contains("old_mod"), "{live:?}");
+    }
 
     fn fixture() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
