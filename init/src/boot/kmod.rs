@@ -480,7 +480,7 @@ impl Loader {
         };
         let deadline = std::time::Instant::now() + UEVENT_SETTLE_MAX;
         while std::time::Instant::now() < deadline {
-            let aliases = uevents.drain(UEVENT_IDLE);
+            let aliases = uevents.drain(UEVENT_IDLE, deadline);
             for alias in aliases {
                 if seen_aliases.insert(alias.clone()) {
                     wanted.extend(self.index.lookup_alias(&alias));
@@ -537,7 +537,8 @@ pub fn live_modules(proc_modules: &str) -> HashSet<String> {
         .collect()
 }
 
-/// How long the uevent stream must stay quiet for coldplug to be done.
+/// How long the uevent stream must bring no device that wants a driver for
+/// coldplug to be done.
 const UEVENT_IDLE: std::time::Duration = std::time::Duration::from_millis(150);
 /// And the most coldplug waits for it, whatever the hardware keeps saying.
 const UEVENT_SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
@@ -565,18 +566,30 @@ impl Uevents {
         Ok(Uevents { fd })
     }
 
-    /// Modaliases of the devices added until `idle` passes with no event.
-    pub fn drain(&self, idle: std::time::Duration) -> Vec<String> {
+    /// Modaliases of the devices added until `idle` passes with no device
+    /// that wants a driver, or `deadline` comes. Other events (a module
+    /// loaded, a disk's partitions, a NIC's net device) need nothing from
+    /// coldplug, and the early module list's loads send a stream of them.
+    pub fn drain(&self, idle: std::time::Duration, deadline: std::time::Instant) -> Vec<String> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
+        use std::time::Instant;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 16 * 1024];
-        let timeout = PollTimeout::try_from(idle.as_millis() as u64).unwrap_or(PollTimeout::MAX);
+        let mut quiet_since = Instant::now();
         loop {
+            let now = Instant::now();
+            let until = (quiet_since + idle).min(deadline);
+            if now >= until {
+                return out;
+            }
+            let wait = (until - now).as_millis().max(1) as u64;
+            let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
             let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, timeout) {
                 Ok(n) if n > 0 => {}
-                _ => return out,
+                Ok(_) | Err(nix::Error::EINTR) => continue,
+                Err(_) => return out,
             }
             while let Ok(n) = nix::sys::socket::recv(
                 std::os::fd::AsRawFd::as_raw_fd(&self.fd),
@@ -588,6 +601,7 @@ impl Uevents {
                 }
                 if let Some(alias) = added_modalias(&buf[..n]) {
                     out.push(alias);
+                    quiet_since = Instant::now();
                 }
             }
         }

@@ -167,6 +167,7 @@ fn switch() -> Result<Never, RootError> {
         device.path.display()
     )))?;
     drop(device);
+    tracing::debug!("system image mounted on {NEW_ROOT}");
 
     // Writable places, then /etc as an overlay whose upper layer lives in /run.
     mounts::mount_all(new_root, mounts::WRITABLE)?;
@@ -211,6 +212,7 @@ fn switch() -> Result<Never, RootError> {
     if let Some(dev) = root_dev {
         remove_tree_on(Path::new("/"), dev);
     }
+    tracing::debug!("initramfs freed; switching root");
 
     nix::unistd::chdir(new_root).map_err(sys("chdir to the new root"))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
