@@ -164,11 +164,47 @@ pub fn container_runs_and_comes_back_after_a_hard_reset() -> Check {
     let o = node_opts(&disk, &owner);
 
     let (mut node, t) = boot(&o, &zn)?;
-    let spec1 = work.path().join("v1.toml");
-    std::fs::write(&spec1, spec(&url, &sha256, None)).map_err(|e| e.to_string())?;
+    match deploy_update_reset(&zn, &t, &mut node, work.path(), &url, &sha256) {
+        Ok(()) => power_off(node),
+        Err(e) => {
+            let said: Vec<&str> = node
+                .console()
+                .lines()
+                .filter(|l| {
+                    [
+                        "WARN",
+                        "ERROR",
+                        "provision",
+                        "containers",
+                        "panicked",
+                        "ready",
+                    ]
+                    .iter()
+                    .any(|w| l.contains(w))
+                })
+                .collect();
+            let said = said.join("\n");
+            let _ = power_off(node);
+            Err(format!("{e}\nthe node's console about it:\n{said}"))
+        }
+    }
+}
+
+/// Deploy v1, update to v2 (a probe, a memory hog), hard reset: each step's
+/// result checked from outside.
+fn deploy_update_reset(
+    zn: &Zn,
+    t: &Target,
+    node: &mut zeronode_qemu::Node,
+    work: &std::path::Path,
+    url: &str,
+    sha256: &str,
+) -> Check {
+    let spec1 = work.join("v1.toml");
+    std::fs::write(&spec1, spec(url, sha256, None)).map_err(|e| e.to_string())?;
     let started = Instant::now();
-    zn.on(&t, "owner.key", &["deploy", "v1.toml"])?;
-    let v = wait_all_ok(&zn, &t, ID, "after the deploy")?;
+    zn.on(t, "owner.key", &["deploy", "v1.toml"])?;
+    let v = wait_all_ok(zn, t, ID, "after the deploy")?;
     eprintln!(
         "    deploy to web container running: {:.1} s (image fetched and unpacked)",
         started.elapsed().as_secs_f64()
@@ -181,18 +217,18 @@ pub fn container_runs_and_comes_back_after_a_hard_reset() -> Check {
         .to_string();
 
     // Version 2 adds a probe on the same network that fetches /boots from web.
-    let spec2 = work.path().join("v2.toml");
-    std::fs::write(&spec2, spec(&url, &sha256, Some(&addr))).map_err(|e| e.to_string())?;
+    let spec2 = work.join("v2.toml");
+    std::fs::write(&spec2, spec(url, sha256, Some(&addr))).map_err(|e| e.to_string())?;
     zn.on(
-        &t,
+        t,
         "owner.key",
         &["build", "v2.toml", "--version", "2", "-o", "v2.json"],
     )?;
-    zn.on(&t, "owner.key", &["update", "v2.json"])?;
-    wait_all_ok(&zn, &t, ID, "after the update")?;
-    let seen = wait_probe_sees(&zn, &t, 1)?;
+    zn.on(t, "owner.key", &["update", "v2.json"])?;
+    wait_all_ok(zn, t, ID, "after the update")?;
+    let seen = wait_probe_sees(zn, t, 1)?;
     eprintln!("    probe: {}", seen.trim());
-    let hog = wait_hog_killed(&zn, &t)?;
+    let hog = wait_hog_killed(zn, t)?;
     eprintln!("    hog: {}", hog.replace('\n', " | "));
 
     // Hard reset: the node brings both containers back by itself; web
@@ -200,10 +236,9 @@ pub fn container_runs_and_comes_back_after_a_hard_reset() -> Check {
     node.qmp("system_reset", None).map_err(|e| e.to_string())?;
     node.wait_ready(BOOT_TIMEOUT)
         .map_err(|e| format!("after system_reset: {e}"))?;
-    wait_all_ok(&zn, &t, ID, "after a hard reset")?;
-    let seen = wait_probe_sees(&zn, &t, 2)?;
+    wait_all_ok(zn, t, ID, "after a hard reset")?;
+    let seen = wait_probe_sees(zn, t, 2)?;
     eprintln!("    probe after the reset: {}", seen.trim());
     let console = node.console().to_string();
-    ensure(!console.contains("panicked"), || "a module panicked".into())?;
-    power_off(node)
+    ensure(!console.contains("panicked"), || "a module panicked".into())
 }

@@ -116,10 +116,20 @@ fn wait_ok(zn: &Zn, t: &Target, what: &str) -> Result<Value, String> {
 /// TCG (the first one imports the image), and an order that comes before
 /// the containers module is up gets an error result until provision sees
 /// the module's socket appear and applies it again.
+/// A poll that cannot reach the node (a handshake the busy node dropped) is
+/// said on stderr and tried again, as a person watching would.
 pub(crate) fn wait_all_ok(zn: &Zn, t: &Target, id: &str, what: &str) -> Result<Value, String> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let v = zn.on(t, "owner.key", &["get", id])?;
+        let v = match zn.on(t, "owner.key", &["get", id]) {
+            Ok(v) => v,
+            Err(e) if e.contains("cannot reach the node") && Instant::now() < deadline => {
+                eprintln!("    {what}: polling again after: {e}");
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let states: Vec<String> = v["workloads"]
             .as_array()
             .map(|ws| ws.iter().map(|w| w["state"].to_string()).collect())
