@@ -63,7 +63,10 @@ impl Init {
             stdout,
             stderr,
         };
-        init.wait_until("control socket", || init.sock.exists());
+        // The file appears at bind(2), before listen(2): wait until it answers.
+        init.wait_until("control socket", || {
+            std::os::unix::net::UnixStream::connect(&init.sock).is_ok()
+        });
         init
     }
 
