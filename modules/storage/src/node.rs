@@ -99,17 +99,31 @@ pub fn bring_up(cfg: &Config) -> Result<Node> {
             warnings.push(w);
         }
     }
-    // Disks come up in parallel (formatting one is mostly mkfs.btrfs waiting
-    // on its writes); which of two copies of a pool is used is settled
-    // first, in disk order, so that stays the same from boot to boot.
-    let copies = copies_of_earlier_pools(&disks);
+    // Each disk is read once, in disk order, so which of two copies of a
+    // pool is used stays the same from boot to boot; then they come up in
+    // parallel (formatting one is mostly mkfs.btrfs waiting on its writes).
+    let mut seen = BTreeSet::new();
+    let surveys: Vec<Result<Survey>> = disks
+        .iter()
+        .map(|disk| match survey(disk)? {
+            Survey::Holds(Content::Pool { label }) if !seen.insert(label.clone()) => {
+                Ok(Survey::Left(format!(
+                    "ZeroNode pool {label} is already mounted from another disk (a copy?)"
+                )))
+            }
+            other => Ok(other),
+        })
+        .collect();
     let outcomes: Vec<Result<Outcome>> = std::thread::scope(|scope| {
         let handles: Vec<_> = disks
             .iter()
-            .zip(&copies)
-            .map(|(disk, copy_of)| {
+            .zip(surveys)
+            .map(|(disk, survey)| {
                 let wipe = cfg.wipe.iter().any(|r| disk.matches(r));
-                scope.spawn(move || bring_up_disk(cfg, disk, wipe, copy_of.as_deref()))
+                scope.spawn(move || match survey? {
+                    Survey::Left(reason) => Ok(Outcome::Left(reason)),
+                    Survey::Holds(content) => bring_up_disk(cfg, disk, wipe, content),
+                })
             })
             .collect();
         handles
@@ -158,46 +172,33 @@ enum Outcome {
     Left(String),
 }
 
-/// For each disk, the label of the pool it holds when an earlier disk holds
-/// the same pool (a copy, which is left alone); None for the rest.
-fn copies_of_earlier_pools(disks: &[Disk]) -> Vec<Option<String>> {
-    let mut seen = BTreeSet::new();
-    disks
-        .iter()
-        .map(|disk| {
-            if disk.read_only || !disk.holders.is_empty() || disk.size_bytes == 0 {
-                return None;
-            }
-            match probe::probe(&disk.dev, disk.size_bytes) {
-                Ok(Content::Pool { label }) if !seen.insert(label.clone()) => Some(label),
-                _ => None,
-            }
-        })
-        .collect()
+/// A disk before the policy acts on it: left alone without reading it, or
+/// what it holds.
+enum Survey {
+    Left(String),
+    Holds(Content),
 }
 
-fn bring_up_disk(cfg: &Config, disk: &Disk, wipe: bool, copy_of: Option<&str>) -> Result<Outcome> {
+fn survey(disk: &Disk) -> Result<Survey> {
     if disk.read_only {
-        return Ok(Outcome::Left("read-only".into()));
+        return Ok(Survey::Left("read-only".into()));
     }
     if !disk.holders.is_empty() {
-        return Ok(Outcome::Left(format!(
+        return Ok(Survey::Left(format!(
             "in use by {}",
             disk.holders.join(", ")
         )));
     }
     if disk.size_bytes == 0 {
-        return Ok(Outcome::Left("no medium".into()));
+        return Ok(Survey::Left("no medium".into()));
     }
-    let content = probe::probe(&disk.dev, disk.size_bytes)?;
+    Ok(Survey::Holds(probe::probe(&disk.dev, disk.size_bytes)?))
+}
+
+fn bring_up_disk(cfg: &Config, disk: &Disk, wipe: bool, content: Content) -> Result<Outcome> {
     let mut wiped = false;
     match content {
         Content::Pool { label } => {
-            if copy_of == Some(label.as_str()) {
-                return Ok(Outcome::Left(format!(
-                    "ZeroNode pool {label} is already mounted from another disk (a copy?)"
-                )));
-            }
             if wipe {
                 tracing::warn!(
                     "{}: named in zeronode.wipe= but already ZeroNode pool {label}: reused, not erased (take it off the command line)",
