@@ -25,17 +25,31 @@ zn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 # The first 16 hex digits of a file's hash, for listings.
 short_hash() { sha256sum "$1" | cut -c1-16; }
 
-zn_ensure_deps() {
-  local missing=()
+# Fills the array `missing` with the packages of ZN_APT_PACKAGES not installed.
+zn_missing_packages() {
+  missing=()
   for p in "${ZN_APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
-  if ((${#missing[@]})); then
+}
+
+zn_ensure_deps() {
+  local missing pass sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  # Twice at most: installing one package can remove another (a backported
+  # qemu-utils gives way to Debian's qemu-system-x86), which the second pass
+  # installs again in the version that fits.
+  for pass in 1 2; do
+    zn_missing_packages
+    ((${#missing[@]})) || break
     zn_log "installing Debian packages: ${missing[*]}"
-    local sudo=()
-    [ "$(id -u)" = 0 ] || sudo=(sudo)
-    "${sudo[@]}" apt-get update -qq
+    ((pass > 1)) || "${sudo[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  done
+  zn_missing_packages
+  if ((${#missing[@]})); then
+    echo "Debian packages still missing after installing them: ${missing[*]}" >&2
+    return 1
   fi
   if ! command -v cargo >/dev/null; then
     # shellcheck disable=SC1091
