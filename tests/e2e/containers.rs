@@ -184,8 +184,12 @@ pub fn container_runs_and_comes_back_after_a_hard_reset() -> Check {
                 })
                 .collect();
             let said = said.join("\n");
+            let lines: Vec<&str> = node.console().lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
             let _ = power_off(node);
-            Err(format!("{e}\nthe node's console about it:\n{said}"))
+            Err(format!(
+                "{e}\nthe node's console about it:\n{said}\nthe console's last lines:\n{tail}"
+            ))
         }
     }
 }

@@ -14,6 +14,7 @@ mod shards;
 mod storage;
 mod vms;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use zeronode_e2e::image_dir;
@@ -39,8 +40,19 @@ pub fn opts(boot: Boot) -> NodeOptions {
     o
 }
 
+/// Starts a node. With `ZN_E2E_CONSOLE_DIR` set, each node's whole console
+/// is kept there (`node-N.log`, N counting from 1 in start order), to read
+/// after a failure.
 pub fn start(o: &NodeOptions) -> Result<Node, String> {
-    Node::start(o).map_err(|e| e.to_string())
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut o = o.clone();
+    if let Some(dir) = std::env::var_os("ZN_E2E_CONSOLE_DIR") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        o.console.get_or_insert(dir.join(format!("node-{n}.log")));
+    }
+    Node::start(&o).map_err(|e| e.to_string())
 }
 
 pub fn ensure(cond: bool, what: impl FnOnce() -> String) -> Check {
