@@ -123,31 +123,41 @@ fn serve(cli: &Cli, opts: Options) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let signer: Arc<dyn Signer> = match &cli.key_file {
-        Some(key_file) => Arc::new(KeySigner::from_file(key_file)?),
-        None => Arc::new(
-            rt.block_on(IdentitySigner::connect(
-                &cli.identity_socket,
-                std::time::Duration::from_secs(cli.identity_wait_secs),
-                rt.handle().clone(),
-            ))
-            .with_context(|| {
-                format!(
-                    "asking the identity module on {} for the node key",
-                    cli.identity_socket.display()
-                )
-            })?,
-        ),
-    };
-    let ledger = Ledger::open(&cli.dir, signer, opts)
-        .with_context(|| format!("opening the ledger in {}", cli.dir.display()))?;
+    // The node key comes from the identity module, which starts beside
+    // us: it is asked for once LMDB is open, so the two start together.
+    let started = std::time::Instant::now();
+    let (mut storage_ms, mut signer_ms) = (0, 0);
+    let ledger = Ledger::open_then_sign(&cli.dir, opts, || {
+        storage_ms = started.elapsed().as_millis();
+        let signer: Arc<dyn Signer> = match &cli.key_file {
+            Some(key_file) => Arc::new(KeySigner::from_file(key_file)?),
+            None => Arc::new(
+                rt.block_on(IdentitySigner::connect(
+                    &cli.identity_socket,
+                    std::time::Duration::from_secs(cli.identity_wait_secs),
+                    rt.handle().clone(),
+                ))
+                .map_err(|e| {
+                    SignError(format!(
+                        "asking the identity module on {} for the node key: {e:#}",
+                        cli.identity_socket.display()
+                    ))
+                })?,
+            ),
+        };
+        signer_ms = started.elapsed().as_millis();
+        Ok(signer)
+    })
+    .with_context(|| format!("opening the ledger in {}", cli.dir.display()))?;
     let socket = cli.socket.clone();
     rt.block_on(async move {
         let server = zeronode_types::bus::serve(&socket, OBJECT_PATH, LedgerService::new(ledger))
             .with_context(|| format!("listening on {}", socket.display()))?;
+        // Storage opened, then the signer (identity) came, then the rest.
         tracing::info!(
-            "ledger: serving org.zeronode.Ledger1 on {}",
-            socket.display()
+            "ledger: serving org.zeronode.Ledger1 on {} in {} ms (storage open at {storage_ms} ms, node key at {signer_ms} ms)",
+            socket.display(),
+            started.elapsed().as_millis()
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -493,56 +493,91 @@ impl Ledger {
     /// Opens (or creates) the ledger in `dir`, signing appends with `signer`.
     /// A ledger keeps the key it was created with: another key is refused.
     pub fn open(dir: &Path, signer: Arc<dyn Signer>, opts: Options) -> Result<Ledger> {
+        Self::open_inner(dir, Some(move || Ok(signer)), opts)
+    }
+
+    /// [`Ledger::open`], asking for the signer only once the storage is
+    /// open and its indexes caught up. On a node the signer is the identity
+    /// module, which starts beside the ledger: LMDB's opening (and on a
+    /// first boot its creating commits) then overlaps identity's start
+    /// instead of following it.
+    pub fn open_then_sign(
+        dir: &Path,
+        opts: Options,
+        signer: impl FnOnce() -> Result<Arc<dyn Signer>>,
+    ) -> Result<Ledger> {
         Self::open_inner(dir, Some(signer), opts)
     }
 
     /// Opens an existing ledger to read and verify it, without a key: an
     /// auditor's copy, or a ledger imported from another node.
     pub fn open_for_audit(dir: &Path, opts: Options) -> Result<Ledger> {
-        Self::open_inner(dir, None, opts)
+        Self::open_inner(dir, None::<fn() -> Result<Arc<dyn Signer>>>, opts)
     }
 
-    fn open_inner(dir: &Path, signer: Option<Arc<dyn Signer>>, opts: Options) -> Result<Ledger> {
+    fn open_inner(
+        dir: &Path,
+        signer: Option<impl FnOnce() -> Result<Arc<dyn Signer>>>,
+        opts: Options,
+    ) -> Result<Ledger> {
+        let existed = dir.exists();
         let (env, dbs) = open_env(dir, &opts)?;
         // Reader slots of a process killed mid-read would pin old pages.
         let stale = env.clear_stale_readers()?;
         if stale > 0 {
             tracing::info!("ledger: cleared {stale} stale reader slots");
         }
-        let mut wtxn = env.write_txn()?;
-        let stored = dbs.meta.get(&wtxn, META_PUBLIC_KEY)?.map(<[u8]>::to_vec);
-        let public_key: [u8; 32] = match (&stored, &signer) {
-            (Some(k), s) => {
-                let k: [u8; 32] = k.as_slice().try_into().map_err(|_| {
+        let stored = {
+            let rtxn = env.read_txn()?;
+            let k = dbs.meta.get(&rtxn, META_PUBLIC_KEY)?;
+            k.map(|k| {
+                <[u8; 32]>::try_from(k).map_err(|_| {
                     LedgerError::Corrupt(format!("stored public key is {} bytes", k.len()))
-                })?;
-                if let Some(s) = s {
-                    if s.public_key() != k {
-                        return Err(LedgerError::KeyMismatch {
-                            stored: hex(&k),
-                            given: hex(&s.public_key()),
-                        });
-                    }
-                }
-                k
-            }
-            (None, Some(s)) => {
-                let k = s.public_key();
-                dbs.meta.put(&mut wtxn, META_PUBLIC_KEY, &k)?;
-                k
-            }
-            (None, None) => {
-                return Err(LedgerError::Corrupt(format!(
-                    "{} holds no ledger (no public key recorded)",
-                    dir.display()
-                )))
-            }
+                })
+            })
+            .transpose()?
         };
-        wtxn.commit()?;
+        let no_ledger = || {
+            LedgerError::Corrupt(format!(
+                "{} holds no ledger (no public key recorded)",
+                dir.display()
+            ))
+        };
+        if stored.is_none() && signer.is_none() {
+            return Err(no_ledger());
+        }
         let rederived = catch_up(&env, &dbs)?;
         if rederived > 0 {
             tracing::info!("ledger: rebuilt tree and indexes of {rederived} entries");
         }
+        let signer = match signer.map(|get| get()).transpose() {
+            Ok(s) => s,
+            Err(e) => {
+                // A ledger that could not start leaves no new directory.
+                if !existed {
+                    drop(env);
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                return Err(e);
+            }
+        };
+        let public_key = match (stored, &signer) {
+            (Some(k), Some(s)) if s.public_key() != k => {
+                return Err(LedgerError::KeyMismatch {
+                    stored: hex(&k),
+                    given: hex(&s.public_key()),
+                })
+            }
+            (Some(k), _) => k,
+            (None, Some(s)) => {
+                let k = s.public_key();
+                let mut wtxn = env.write_txn()?;
+                dbs.meta.put(&mut wtxn, META_PUBLIC_KEY, &k)?;
+                wtxn.commit()?;
+                k
+            }
+            (None, None) => return Err(no_ledger()),
+        };
 
         let inner = Inner {
             env: env.clone(),

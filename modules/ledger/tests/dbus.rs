@@ -226,6 +226,7 @@ async fn the_binary_serves_and_stops_on_sigterm() {
         .arg(&sock)
         .arg("--identity-socket")
         .arg(dir.path().join("no-identity.sock"))
+        .args(["--identity-wait-secs", "1"])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -127,6 +127,44 @@ fn another_key_is_refused_and_audit_copies_cannot_append() {
 }
 
 #[test]
+fn the_signer_is_asked_for_once_the_storage_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = Ledger::open_then_sign(dir.path(), Options::default(), || {
+        // The storage exists by the time the signer is asked for.
+        assert!(dir.path().join("data.mdb").exists());
+        Ok(signer(1))
+    })
+    .unwrap();
+    fill(&l, 3);
+    drop(l);
+    // A signer that cannot be had fails the open and changes nothing.
+    let err = Ledger::open_then_sign(dir.path(), Options::default(), || {
+        Err(LedgerError::Sign(zeronode_ledger::signer::SignError(
+            "identity did not answer".into(),
+        )))
+    })
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("identity did not answer"), "{err}");
+    let err = Ledger::open_then_sign(dir.path(), Options::default(), || Ok(signer(9)))
+        .err()
+        .unwrap();
+    assert!(matches!(err, LedgerError::KeyMismatch { .. }), "{err}");
+    let l = open(dir.path());
+    assert_eq!(l.len().unwrap(), 3);
+    assert!(l.verify().unwrap().is_ok());
+    // A new ledger whose signer cannot be had leaves no directory behind.
+    let fresh = dir.path().join("fresh");
+    let no_signer = || {
+        Err(LedgerError::Sign(zeronode_ledger::signer::SignError(
+            "no".into(),
+        )))
+    };
+    assert!(Ledger::open_then_sign(&fresh, Options::default(), no_signer).is_err());
+    assert!(!fresh.exists());
+}
+
+#[test]
 fn reopen_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     {

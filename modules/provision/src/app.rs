@@ -189,7 +189,6 @@ impl App {
             drivers,
             metrics: Metrics::default(),
         });
-        app.load().await?;
         Ok(app)
     }
 
@@ -238,7 +237,9 @@ impl App {
     }
 
     /// Rebuilds the view: live deployments, their max versions, and grants.
-    async fn load(&self) -> anyhow::Result<()> {
+    /// Safe to run again after a failure (provision retries it at start
+    /// until the ledger answers).
+    pub async fn load(&self) -> anyhow::Result<()> {
         let ledger = self
             .ledger()
             .await

@@ -115,24 +115,18 @@ fn run(args: Args) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
-        // identity and the ledger start before us; wait a little for them
-        // anyway, a restart of either is not a reason to fail the node.
+        // Identity and the ledger start beside us at boot (the services
+        // file orders us after storage only), so our own start-up and the
+        // TLS certificate, which needs only identity, overlap the ledger's.
+        // A restart of either is not a reason to fail the node either.
         let deadline = Instant::now() + Duration::from_secs(args.wait);
-        let app = loop {
-            match App::start(cfg.clone()).await {
-                Ok(a) => break a,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!("waiting for identity and ledger: {e:#}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.context("identity and ledger")),
-            }
-        };
+        let app = retry_until(deadline, "identity", || App::start(cfg.clone())).await?;
         let node_key = app.node_key.to_bytes();
         let app2 = app.clone();
         let tls = tls::server_config(&node_key, |m| async move { app2.sign(&m).await })
             .await
             .context("making the TLS certificate")?;
+        retry_until(deadline, "the ledger", || app.load()).await?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
@@ -166,4 +160,24 @@ fn run(args: Args) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Runs `f` until it succeeds, every 10 ms (a module's socket appears
+/// within a boot's first seconds), or fails with its last error once
+/// `deadline` passed.
+async fn retry_until<T, F, Fut>(deadline: Instant, what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("waiting for {what}: {e:#}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(e.context(format!("waiting for {what}"))),
+        }
+    }
 }
