@@ -191,6 +191,9 @@ pub fn qemu_command(opts: &NodeOptions, dir: &Path, serial: Serial) -> Result<Co
         "-device",
         "virtio-rng-pci,rng=rng0",
     ]);
+    // A hardware watchdog, as boards have (iTCO, sp5100): PID 1 arms it,
+    // and a node whose kernel or PID 1 hangs is reset instead of left hung.
+    cmd.args(["-device", "i6300esb", "-action", "watchdog=reset"]);
     // The console tool's channel: a virtio-serial port that the node's
     // control-port service joins to PID 1's control socket, so
     // `znctl --socket <run dir>/control.sock` works from the host.
@@ -338,6 +341,10 @@ mod tests {
         assert!(!c.contains("-no-reboot"), "Ctrl-Alt-Del must reboot: {c}");
         assert!(run.path().join("disk1.qcow2").exists());
         assert!(c.contains("serial=zeronode-data1"), "{c}");
+        assert!(
+            c.contains("\"i6300esb\" \"-action\" \"watchdog=reset\""),
+            "{c}"
+        );
 
         o.boot = Boot::Pxe;
         let c = format!("{:?}", qemu_command(&o, run.path(), Serial::Stdio).unwrap());

@@ -52,6 +52,10 @@ pub fn direct_boot_ready_then_power_button() -> Check {
     ensure(!console.contains("WARN module"), || {
         "a kernel module failed to load".into()
     })?;
+    ensure(
+        console.contains("hardware watchdog /dev/watchdog0 armed"),
+        || "PID 1 did not arm QEMU's i6300esb watchdog".into(),
+    )?;
     node.powerdown().map_err(|e| e.to_string())?;
     node.wait_for_line("unmount summary", Duration::from_secs(60), |l| {
         l.starts_with("zeronode: filesystems unmounted")
@@ -63,6 +67,10 @@ pub fn direct_boot_ready_then_power_button() -> Check {
     .map_err(|e| e.to_string())?;
     node.wait_exit(Duration::from_secs(30))
         .map_err(|e| e.to_string())?;
+    // The watchdog was disarmed on the way down, not left to fire.
+    ensure(!node.console().contains("did not stop"), || {
+        "the watchdog was left running at power-off".into()
+    })?;
     Ok(())
 }
 

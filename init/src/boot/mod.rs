@@ -11,3 +11,4 @@ pub mod power_button;
 pub mod rootfs;
 pub mod shutdown;
 pub mod static_nodes;
+pub mod watchdog;

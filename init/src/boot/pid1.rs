@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::{kmod, logging, mounts, net, power_button, rootfs, shutdown, static_nodes};
+use super::{kmod, logging, mounts, net, power_button, rootfs, shutdown, static_nodes, watchdog};
 use crate::run::{self, ReadyClock, RunOptions};
 use zeronode_types::boot_config::{self as cmdline, BootConfig};
 
@@ -64,6 +64,7 @@ fn boot() -> Result<std::convert::Infallible, String> {
     };
     let action = runtime.block_on(async {
         power_button::spawn_watchers();
+        watchdog::spawn();
         run::run(opts).await
     });
     drop(runtime);
