@@ -369,8 +369,9 @@ pub struct LoadReport {
     pub not_applicable: Vec<String>,
 }
 
-/// The running CPU's modalias: vendor, family, model and feature numbers.
-const CPU_MODALIAS: &str = "/sys/devices/system/cpu/modalias";
+/// The running CPU's modalias (vendor, family, model and feature numbers),
+/// under /sys.
+const CPU_MODALIAS: &str = "devices/system/cpu/modalias";
 
 /// Loads modules into the running kernel, remembering what is in already.
 pub struct Loader {
@@ -391,7 +392,7 @@ impl Loader {
         let loaded = std::fs::read_to_string("/proc/modules")
             .map(|t| live_modules(&t))
             .unwrap_or_default();
-        let cpu = std::fs::read_to_string(CPU_MODALIAS)
+        let cpu = std::fs::read_to_string(Path::new("/sys").join(CPU_MODALIAS))
             .ok()
             .map(|t| t.trim().to_string());
         Loader {
@@ -548,7 +549,7 @@ impl Loader {
     pub fn cpu_feature_modules(&self, sys: &Path) -> Vec<String> {
         // The cpu subsystem's root holds the features' modalias, and is on
         // none of the lists `modaliases` reads.
-        std::fs::read_to_string(sys.join(CPU_MODALIAS.trim_start_matches("/sys/")))
+        std::fs::read_to_string(sys.join(CPU_MODALIAS))
             .map(|t| self.index.lookup_alias(t.trim()))
             .unwrap_or_default()
     }

@@ -29,8 +29,9 @@ pub struct Watchdog {
 
 impl Watchdog {
     /// Opens (which starts) the watchdog at `path` and sets its timeout;
-    /// None when the machine has none. Returns the timeout in force.
-    pub fn arm(path: &Path, timeout_secs: i32) -> std::io::Result<Option<(Watchdog, i32)>> {
+    /// None when the machine has none. With it, the timeout set, or None
+    /// when the driver refused it and keeps its own.
+    pub fn arm(path: &Path, timeout_secs: i32) -> std::io::Result<Option<(Watchdog, Option<i32>)>> {
         let file = match std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(nix::libc::O_CLOEXEC)
@@ -42,15 +43,19 @@ impl Watchdog {
         };
         let mut timeout = timeout_secs;
         // SAFETY: the fd is open; WDIOC_SETTIMEOUT reads and writes one int.
-        if let Err(e) = unsafe { wdioc_settimeout(file.as_raw_fd(), &mut timeout) } {
-            // The driver's own timeout stays; petting works the same.
-            tracing::warn!(
-                "watchdog {}: cannot set a {timeout_secs} s timeout: {e}",
-                path.display()
-            );
-            timeout = -1;
-        }
-        Ok(Some((Watchdog { file }, timeout)))
+        let set = match unsafe { wdioc_settimeout(file.as_raw_fd(), &mut timeout) } {
+            // The driver answers the timeout it could set.
+            Ok(_) => Some(timeout),
+            // Its own timeout stays; petting works the same.
+            Err(e) => {
+                tracing::warn!(
+                    "watchdog {}: cannot set a {timeout_secs} s timeout: {e}",
+                    path.display()
+                );
+                None
+            }
+        };
+        Ok(Some((Watchdog { file }, set)))
     }
 
     /// A write of anything is a keepalive for every driver.
@@ -76,7 +81,14 @@ pub fn spawn() {
         Ok(None) => return tracing::info!("no hardware watchdog ({DEVICE})"),
         Err(e) => return tracing::warn!("hardware watchdog {DEVICE}: {e}"),
     };
-    tracing::info!("hardware watchdog {DEVICE} armed: a hang resets the node after {timeout} s");
+    match timeout {
+        Some(s) => {
+            tracing::info!("hardware watchdog {DEVICE} armed: a hang resets the node after {s} s")
+        }
+        None => tracing::info!(
+            "hardware watchdog {DEVICE} armed: a hang resets the node after the driver's timeout"
+        ),
+    }
     tokio::spawn(async move {
         loop {
             if let Err(e) = dog.pet() {
@@ -102,7 +114,7 @@ mod tests {
         let path = dir.path().join("watchdog0");
         std::fs::write(&path, b"").unwrap();
         let (mut dog, timeout) = Watchdog::arm(&path, 60).unwrap().unwrap();
-        assert_eq!(timeout, -1);
+        assert_eq!(timeout, None);
         dog.pet().unwrap();
         dog.pet().unwrap();
         drop(dog);
