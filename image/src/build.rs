@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::config::{Compression, ImageConfig};
+use crate::config::{Compression, ImageConfig, RUNTIME_HASH_FILE, RUNTIME_MOUNT};
 use crate::cpio::{self, Entry};
 use crate::error::{io, run, Result};
 use crate::kernel::{self, UnpackedKernel};
@@ -49,6 +49,8 @@ struct Sources {
     baseline: Vec<u8>,
     services: Vec<(String, Vec<u8>)>,
     debian: elf::Closure,
+    /// The runtime binaries' closure, less what `debian` holds.
+    runtime: elf::Closure,
     git: GitInfo,
     epoch: u64,
 }
@@ -76,6 +78,8 @@ pub fn build(inp: &Inputs) -> Result<Manifest> {
     let baseline = read(&inp.bins.join("baseline-init"))?;
     let services = service_files(&inp.services)?;
     let debian = elf::closure(Path::new("/"), &cfg.system.binaries)?;
+    let mut runtime = elf::closure(Path::new("/"), &cfg.runtime.binaries)?;
+    runtime.retain(|path, _| !debian.contains_key(path));
     let src = Sources {
         cfg,
         config_text,
@@ -85,6 +89,7 @@ pub fn build(inp: &Inputs) -> Result<Manifest> {
         baseline,
         services,
         debian,
+        runtime,
         git,
         epoch,
     };
@@ -111,7 +116,7 @@ pub fn build(inp: &Inputs) -> Result<Manifest> {
     }
     std::fs::create_dir_all(&work).map_err(io("creating", &work))?;
 
-    let root_hash = step("system image", || system_image(&src, inp, &work))?;
+    let (root_hash, runtime_hash) = step("system image", || system_image(&src, inp, &work))?;
     let initramfs = inp.out.join("initramfs.img");
     step("initramfs", || initramfs_image(&src, &work, &initramfs))?;
 
@@ -158,6 +163,7 @@ pub fn build(inp: &Inputs) -> Result<Manifest> {
         git_commit: src.git.describe(),
         source_date_epoch: src.epoch,
         root_hash,
+        runtime_hash,
         cmdline,
         initramfs_compression: format!("{:?}", src.cfg.initramfs.compression).to_lowercase(),
         inputs,
@@ -173,8 +179,30 @@ pub fn build(inp: &Inputs) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// Stages the system tree and makes system.img; returns its blake3 hex.
-fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<String> {
+/// Stages the runtime binaries' files and makes runtime.img, linking each
+/// file's path in the system tree `sys` to it under RUNTIME_MOUNT; returns
+/// its blake3 hex, or None when the image declares no runtime.
+fn runtime_image(src: &Sources, work: &Path, sys: &Path) -> Result<Option<String>> {
+    if src.runtime.is_empty() {
+        return Ok(None);
+    }
+    let tree = work.join("runtime");
+    elf::install_behind(&src.runtime, &tree, sys, RUNTIME_MOUNT)?;
+    tracing::info!(
+        "  {} runtime binaries, {} files with their libraries",
+        src.cfg.runtime.binaries.len(),
+        src.runtime.len()
+    );
+    let image = work.join("runtime.img");
+    squashfs::make(&tree, &image, src.cfg.system.compression, src.epoch)?;
+    let (hash, len) = hash_and_size(&image)?;
+    tracing::info!("  runtime.img {} blake3 {hash}", size(len));
+    Ok(Some(hash))
+}
+
+/// Stages the system tree and makes system.img (and runtime.img, whose
+/// hash the system image holds); returns their blake3 hex.
+fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<(String, Option<String>)> {
     let sys = work.join("system");
     let modules = kmod::stage(&src.kernel, &src.cfg.system.modules, &sys)?;
     tracing::info!("  {} kernel modules with their dependencies", modules.len());
@@ -263,17 +291,28 @@ fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<String> {
             src.debian.len()
         );
     }
+    let runtime_hash = runtime_image(src, work, &sys)?;
+    if let Some(hash) = &runtime_hash {
+        let mount = sys.join(RUNTIME_MOUNT.trim_start_matches('/'));
+        std::fs::create_dir_all(&mount).map_err(io("creating", &mount))?;
+        write(
+            &sys.join(RUNTIME_HASH_FILE.trim_start_matches('/')),
+            format!("{hash}\n").as_bytes(),
+        )?;
+    }
     let image = work.join("system.img");
     squashfs::make(&sys, &image, src.cfg.system.compression, src.epoch)?;
-    let file = std::fs::File::open(&image).map_err(io("opening", &image))?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(file).map_err(io("hashing", &image))?;
-    let hash = hasher.finalize().to_hex().to_string();
-    let len = std::fs::metadata(&image)
-        .map_err(io("reading", &image))?
-        .len();
+    let (hash, len) = hash_and_size(&image)?;
     tracing::info!("  system.img {} blake3 {hash}", size(len));
-    Ok(hash)
+    Ok((hash, runtime_hash))
+}
+
+fn hash_and_size(path: &Path) -> Result<(String, u64)> {
+    let file = std::fs::File::open(path).map_err(io("opening", path))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(file).map_err(io("hashing", path))?;
+    let len = std::fs::metadata(path).map_err(io("reading", path))?.len();
+    Ok((hasher.finalize().to_hex().to_string(), len))
 }
 
 /// Stage 1: PID 1, /dev/console, the modules to mount the system image,
@@ -299,6 +338,10 @@ fn initramfs_image(src: &Sources, work: &Path, out: &Path) -> Result<()> {
         Entry::file("init", 0o755, src.init.clone()),
         Entry::file("system.img", 0o444, read(&image)?),
     ];
+    let runtime = work.join("runtime.img");
+    if runtime.exists() {
+        entries.push(Entry::file("runtime.img", 0o444, read(&runtime)?));
+    }
     entries.extend(cpio::tree_entries(&stage1)?);
     write_cpio(out, &entries, src)
 }
@@ -378,7 +421,7 @@ fn inputs_digest(src: &Sources) -> Result<String> {
     }
     part("kernel", &read(&src.kernel.deb)?);
     part("stub", &read(Path::new(uki::STUB))?);
-    for (path, item) in &src.debian {
+    for (path, item) in src.debian.iter().chain(&src.runtime) {
         match item {
             elf::Item::File(host) => part(path, &read(host)?),
             elf::Item::Link(target) => part(path, target.as_bytes()),

@@ -35,6 +35,8 @@ pub struct ImageConfig {
     pub kernel: Kernel,
     pub initramfs: Initramfs,
     pub system: System,
+    #[serde(default)]
+    pub runtime: Runtime,
     pub cmdline: Cmdline,
 }
 
@@ -105,6 +107,26 @@ pub struct System {
     /// Configuration files written into the image as they are given here.
     #[serde(default)]
     pub files: Vec<FileSpec>,
+}
+
+/// Where PID 1 mounts the runtime image once it has verified it. The
+/// system image links every runtime file's usual path to the same path under
+/// here. zeronode-init's `runtime_image` mounts at this path.
+pub const RUNTIME_MOUNT: &str = "/usr/lib/zeronode/runtime";
+/// The runtime image's blake3 (hex), inside the system image, whose own hash
+/// the command line pins: one chain of trust for both.
+pub const RUNTIME_HASH_FILE: &str = "/etc/zeronode/runtime.blake3";
+
+/// Debian programs only workloads use (container and VM runtimes): they go
+/// into a second squashfs, `runtime.img`, that PID 1 verifies and mounts
+/// after the ready line, so their bytes are not hashed on the way to it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Absolute paths on the build machine, as `system.binaries`; what the
+    /// system image holds already (a shared library) stays there.
+    #[serde(default)]
+    pub binaries: Vec<String>,
 }
 
 /// A file of the system image, its text declared in place.
@@ -213,16 +235,19 @@ impl ImageConfig {
                 ));
             }
         }
-        if let Some(b) = cfg
-            .system
-            .binaries
-            .iter()
-            .find(|b| !b.starts_with('/') || b.contains("..") || b.ends_with('/'))
-        {
-            return Err(invalid(
-                "system.binaries",
-                format!("{b:?} is not an absolute path to a file"),
-            ));
+        for (field, list) in [
+            ("system.binaries", &cfg.system.binaries),
+            ("runtime.binaries", &cfg.runtime.binaries),
+        ] {
+            if let Some(b) = list
+                .iter()
+                .find(|b| !b.starts_with('/') || b.contains("..") || b.ends_with('/'))
+            {
+                return Err(invalid(
+                    field,
+                    format!("{b:?} is not an absolute path to a file"),
+                ));
+            }
         }
         // Programs and multicall names become files in /usr/bin.
         let bin_name = |n: &str| safe(n) && n != "zeronode-init" && !n.starts_with('.');
@@ -311,6 +336,14 @@ mod tests {
         for tool in ["/sbin/mkfs.btrfs", "/usr/sbin/nft"] {
             assert!(cfg.system.binaries.iter().any(|b| b == tool), "{tool}");
         }
+        // Only workloads run these: they stay off the way to ready.
+        for tool in [
+            "/usr/bin/containerd",
+            "/usr/sbin/runc",
+            "/usr/bin/qemu-system-x86_64",
+        ] {
+            assert!(cfg.runtime.binaries.iter().any(|b| b == tool), "{tool}");
+        }
         assert_eq!(cfg.kernel.package, "linux-image-6.1.0-50-amd64");
     }
 
@@ -352,6 +385,11 @@ extra = ["loglevel=4"]
         assert!(err.contains("lz4"), "{err}");
         let err = error_of(&base.replace("binaries = []", "binaries = [\"usr/bin/ls\"]"));
         assert!(err.contains("system.binaries"), "{err}");
+        let err = error_of(&base.replace(
+            "[cmdline]",
+            "[runtime]\nbinaries = [\"/usr/bin/\"]\n[cmdline]",
+        ));
+        assert!(err.contains("runtime.binaries"), "{err}");
         let err = error_of(&base.replace(
             "modules = [\"loop\", \"squashfs\", \"overlay\"]",
             "modules = [\"loop\", \"kernel/fs/**\"]",

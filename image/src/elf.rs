@@ -110,26 +110,58 @@ pub fn closure(sysroot: &Path, binaries: &[String]) -> Result<Closure> {
 /// Debian binary must not silently replace one of ours.
 pub fn install(closure: &Closure, root: &Path) -> Result<()> {
     for (path, item) in closure {
-        let to = root.join(path.trim_start_matches('/'));
-        if std::fs::symlink_metadata(&to).is_ok() {
-            return Err(Error::Elf {
-                path: PathBuf::from(path),
-                reason: "already in the system tree: a declared binary may not replace it".into(),
-            });
-        }
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
-        }
+        let to = place(root, path)?;
         match item {
-            Item::File(from) => {
-                std::fs::copy(from, &to).map_err(io("copying", from))?;
-            }
-            Item::Link(target) => {
-                std::os::unix::fs::symlink(target, &to).map_err(io("creating symlink", &to))?;
-            }
+            Item::File(from) => copy(from, &to)?,
+            Item::Link(target) => symlink(target, &to)?,
         }
     }
     Ok(())
+}
+
+/// Installs `closure` as the tree `files` of an image that will be mounted
+/// at `mount`: each file goes into `files`, and `system` (the tree of the
+/// image holding the mount point) gets a symlink at the file's path to the
+/// same path under `mount`. The closure's own links go into `system` as
+/// they are. So every path works once the image is mounted, and says "no
+/// such file" before.
+pub fn install_behind(closure: &Closure, files: &Path, system: &Path, mount: &str) -> Result<()> {
+    for (path, item) in closure {
+        let link = place(system, path)?;
+        match item {
+            Item::File(from) => {
+                copy(from, &place(files, path)?)?;
+                symlink(&format!("{}{path}", mount.trim_end_matches('/')), &link)?;
+            }
+            Item::Link(target) => symlink(target, &link)?,
+        }
+    }
+    Ok(())
+}
+
+/// `root` joined with the image path `path`, its directory made; an error
+/// if something is there already.
+fn place(root: &Path, path: &str) -> Result<PathBuf> {
+    let to = root.join(path.trim_start_matches('/'));
+    if std::fs::symlink_metadata(&to).is_ok() {
+        return Err(Error::Elf {
+            path: PathBuf::from(path),
+            reason: "already in the system tree: a declared binary may not replace it".into(),
+        });
+    }
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+    }
+    Ok(to)
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to).map_err(io("copying", from))?;
+    Ok(())
+}
+
+fn symlink(target: &str, at: &Path) -> Result<()> {
+    std::os::unix::fs::symlink(target, at).map_err(io("creating symlink", at))
 }
 
 fn host_path(sysroot: &Path, path: &str) -> PathBuf {
@@ -241,6 +273,27 @@ mod tests {
         assert!(std::fs::read(real).unwrap().starts_with(b"\x7fELF"));
         // A second install over the same tree refuses to replace files.
         assert!(install(&c, dir.path()).is_err());
+    }
+
+    #[test]
+    fn install_behind_puts_files_in_the_image_and_links_in_the_system() {
+        let system = closure(Path::new("/"), &["/bin/true".into()]).unwrap();
+        let mut runtime = closure(Path::new("/"), &["/usr/bin/ls".into()]).unwrap();
+        runtime.retain(|p, _| !system.contains_key(p));
+        let (files, sys) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        install(&system, sys.path()).unwrap();
+        install_behind(&runtime, files.path(), sys.path(), "/usr/lib/rt").unwrap();
+        assert!(std::fs::read(files.path().join("usr/bin/ls"))
+            .unwrap()
+            .starts_with(b"\x7fELF"));
+        assert_eq!(
+            std::fs::read_link(sys.path().join("usr/bin/ls")).unwrap(),
+            Path::new("/usr/lib/rt/usr/bin/ls")
+        );
+        // What the system has (libc, the loader) is not in the runtime tree.
+        let libc = system.keys().find(|p| p.contains("libc.so")).unwrap();
+        assert!(!files.path().join(libc.trim_start_matches('/')).exists());
+        assert!(sys.path().join(libc.trim_start_matches('/')).exists());
     }
 
     #[test]

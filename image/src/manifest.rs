@@ -18,6 +18,10 @@ pub struct Manifest {
     pub source_date_epoch: u64,
     /// blake3 of system.img, pinned on the command line.
     pub root_hash: String,
+    /// blake3 of runtime.img (inside initramfs.img), pinned inside
+    /// system.img; none for an image without a runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_hash: Option<String>,
     pub cmdline: String,
     pub initramfs_compression: String,
     /// blake3 of everything the build read (see `stamp`): equal inputs,
@@ -88,6 +92,7 @@ mod tests {
             git_commit: "c".into(),
             source_date_epoch: 0,
             root_hash: "r".into(),
+            runtime_hash: Some("t".into()),
             cmdline: "x".into(),
             initramfs_compression: "none".into(),
             inputs: "i".into(),

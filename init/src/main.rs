@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use zeronode_init::run::{ReadyClock, RunOptions};
 
 const USAGE: &str = "usage: zeronode-init --services DIR [--control SOCKET]\n\
+                     \x20      zeronode-init mount-runtime   (the node's `runtime` service)\n\
                      (as PID 1 it takes no arguments: it boots the node)";
 
 fn main() -> ExitCode {
@@ -18,6 +19,10 @@ fn main() -> ExitCode {
     let argv0 = std::env::args().next().unwrap_or_default();
     if argv0.rsplit('/').next() == Some("modprobe") {
         return zeronode_init::boot::kmod::modprobe_main(std::env::args().skip(1));
+    }
+    // The `runtime` service: verify and mount the runtime image.
+    if std::env::args().nth(1).as_deref() == Some("mount-runtime") {
+        return zeronode_init::boot::runtime_image::main();
     }
     match parse_args(std::env::args().skip(1)) {
         Ok(opts) => process_mode(opts),

@@ -7,7 +7,8 @@ use zeronode_qemu::Boot;
 use super::{ensure, opts, start, Check, BOOT_TIMEOUT, PXE_TIMEOUT};
 
 /// Ready line; a typo'd zeronode key is reported and ignored; every device
-/// gets its driver; the power button powers off with filesystems unmounted.
+/// gets its driver; the runtime image is verified and mounted after ready;
+/// the power button powers off with filesystems unmounted.
 pub fn direct_boot_ready_then_power_button() -> Check {
     let mut o = opts(Boot::Direct);
     o.append = Some("zeronode.debug zeronode.frobnicate=1".into());
@@ -17,6 +18,12 @@ pub fn direct_boot_ready_then_power_button() -> Check {
     // The fixed module list loads beside the supervisor: wait for its report.
     node.find_or_wait_for_line("the fixed module list", Duration::from_secs(60), |l| {
         l.contains("fixed module list:")
+    })
+    .map_err(|e| e.to_string())?;
+    // After ready, the runtime image (containerd, runc, QEMU) is checked
+    // against the hash the system image pins and mounted.
+    node.find_or_wait_for_line("the runtime image", Duration::from_secs(120), |l| {
+        l.contains("runtime image on /dev/loop") && l.contains("verified")
     })
     .map_err(|e| e.to_string())?;
     let console = node.console().to_string();

@@ -59,16 +59,26 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
-/// A configured loop device. Keep it until the device is mounted: with
-/// autoclear, closing the last open file of an unmounted device detaches it.
+/// When a loop device lets go of its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detach {
+    /// When its last user (the mount, or the open device) goes away.
+    WithLastUser,
+    /// Never by itself: the device holds the file until someone detaches it,
+    /// so it can be mounted later, by another process.
+    Never,
+}
+
+/// A configured loop device. With `Detach::WithLastUser` keep it until the
+/// device is mounted: closing the last open file of an unmounted device
+/// detaches it.
 pub struct LoopDevice {
     pub path: PathBuf,
     _open: File,
 }
 
-/// Attaches `backing` read-only to a free loop device. The device detaches
-/// itself when its last user (the mount) goes away.
-pub fn attach_read_only(backing: &Path) -> Result<LoopDevice, LoopError> {
+/// Attaches `backing` read-only to a free loop device.
+pub fn attach_read_only(backing: &Path, detach: Detach) -> Result<LoopDevice, LoopError> {
     let open = |path: &Path, write: bool| {
         OpenOptions::new()
             .read(true)
@@ -103,7 +113,10 @@ pub fn attach_read_only(backing: &Path) -> Result<LoopDevice, LoopError> {
             number: 0,
             encrypt_type: 0,
             encrypt_key_size: 0,
-            flags: LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+            flags: match detach {
+                Detach::WithLastUser => LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+                Detach::Never => LO_FLAGS_READ_ONLY,
+            },
             file_name,
             crypt_name: [0; LO_NAME_SIZE],
             encrypt_key: [0; LO_KEY_SIZE],

@@ -7,6 +7,41 @@ use blake3::hazmat::{
     merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };
 use blake3::CHUNK_LEN;
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::num::NonZeroUsize;
+use std::path::Path;
+
+/// blake3 of a file or block device, mapped and hashed on every CPU.
+pub fn hash_path(path: &Path) -> io::Result<[u8; 32]> {
+    let mut file = File::open(path)?;
+    // A block device's metadata says 0 bytes; its end is its size.
+    let len = file.seek(SeekFrom::End(0))? as usize;
+    let Some(len) = NonZeroUsize::new(len) else {
+        return Ok(*blake3::hash(&[]).as_bytes());
+    };
+    // SAFETY: a private read-only mapping of a file in the initramfs or of a
+    // read-only loop device, which nothing writes while we hash; unmapped
+    // below.
+    let map = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_PRIVATE,
+            &file,
+            0,
+        )
+    }?;
+    // SAFETY: the mapping is `len` readable bytes until munmap.
+    let data = unsafe { std::slice::from_raw_parts(map.as_ptr().cast::<u8>(), len.get()) };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let hash = *hash(data, threads).as_bytes();
+    // SAFETY: `data` is not used after this.
+    let _ = unsafe { munmap(map, len.get()) };
+    Ok(hash)
+}
 
 /// Below this, threads cost more than they save.
 const PARALLEL_MIN: usize = 1 << 20;

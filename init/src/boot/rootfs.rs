@@ -7,7 +7,6 @@
 //! /tmp and /mnt and a tmpfs overlay on /etc, and PID 1 re-executes itself
 //! from it.
 
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,8 +15,9 @@ use nix::mount::{mount, MsFlags};
 use thiserror::Error;
 
 use super::kmod;
-use super::loopdev::{self, LoopError};
+use super::loopdev::{self, Detach, LoopError};
 use super::mounts::{self, MountError};
+use super::{parallel_hash, runtime_image};
 use zeronode_types::boot_config::{hex, BootConfig};
 
 /// The system image inside the initramfs; its presence means "stage 1".
@@ -57,43 +57,13 @@ fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RootError {
     move |source| RootError::Sys { what, source }
 }
 
-/// blake3 of a file, mapped and hashed on every CPU.
-pub fn hash_file(path: &Path) -> Result<[u8; 32], RootError> {
-    let read_err = |source| RootError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(read_err)?;
-    let len = file.metadata().map_err(read_err)?.len() as usize;
-    let Some(len) = std::num::NonZeroUsize::new(len) else {
-        return Ok(*blake3::hash(&[]).as_bytes());
-    };
-    // SAFETY: a private read-only mapping of a file in the initramfs, which
-    // nothing else writes while stage 1 runs; unmapped below.
-    let map = unsafe {
-        nix::sys::mman::mmap(
-            None,
-            len,
-            nix::sys::mman::ProtFlags::PROT_READ,
-            nix::sys::mman::MapFlags::MAP_PRIVATE,
-            &file,
-            0,
-        )
-    }
-    .map_err(|e| read_err(io::Error::from(e)))?;
-    // SAFETY: the mapping is `len` readable bytes until munmap.
-    let data = unsafe { std::slice::from_raw_parts(map.as_ptr().cast::<u8>(), len.get()) };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let hash = *super::parallel_hash::hash(data, threads).as_bytes();
-    // SAFETY: `data` is not used after this.
-    let _ = unsafe { nix::sys::mman::munmap(map, len.get()) };
-    Ok(hash)
-}
-
 /// Checks the image against the pinned hash. A missing pin is a refusal too.
 pub fn verify(path: &Path, cfg: &BootConfig) -> Result<(), RootError> {
     let expected = cfg.root_hash.ok_or(RootError::NoPinnedHash)?;
-    let actual = hash_file(path)?;
+    let actual = parallel_hash::hash_path(path).map_err(|source| RootError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if actual != expected {
         return Err(RootError::HashMismatch {
             path: path.to_path_buf(),
@@ -153,7 +123,7 @@ enum Never {}
 
 fn switch() -> Result<Never, RootError> {
     let new_root = Path::new(NEW_ROOT);
-    let device = loopdev::attach_read_only(Path::new(SYSTEM_IMAGE))?;
+    let device = loopdev::attach_read_only(Path::new(SYSTEM_IMAGE), Detach::WithLastUser)?;
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     mount(
         Some(&device.path),
@@ -171,6 +141,9 @@ fn switch() -> Result<Never, RootError> {
 
     // Writable places, then /etc as an overlay whose upper layer lives in /run.
     mounts::mount_all(new_root, mounts::WRITABLE)?;
+    // Not needed on the way to ready: kept on a loop device for the
+    // `runtime` service, which verifies and mounts it later.
+    runtime_image::attach(new_root);
     let overlay = new_root.join(ETC_OVERLAY);
     for d in ["upper", "work"] {
         std::fs::create_dir_all(overlay.join(d)).map_err(|source| RootError::Read {
