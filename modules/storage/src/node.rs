@@ -205,11 +205,13 @@ fn bring_up_disk(cfg: &Config, disk: &Disk, wipe: bool, content: Content) -> Res
                     disk.dev.display()
                 );
             }
+            let t = std::time::Instant::now();
             let pool = mount_pool(cfg, disk, &label)?;
             tracing::info!(
-                "{}: pool {label} reused at {}",
+                "{}: pool {label} reused at {} (mounted in {} ms)",
                 disk.dev.display(),
-                pool.mount_point.display()
+                pool.mount_point.display(),
+                t.elapsed().as_millis()
             );
             return Ok(Outcome::Pooled(
                 pool,
@@ -258,12 +260,16 @@ fn bring_up_disk(cfg: &Config, disk: &Disk, wipe: bool, content: Content) -> Res
     }
     let uuid = random_uuid()?;
     let label = probe::pool_label(&uuid);
+    let t = std::time::Instant::now();
     btrfs::mkfs(&cfg.mkfs, &disk.dev, &label, &uuid_string(&uuid))?;
+    let formatted = t.elapsed();
     let pool = mount_pool(cfg, disk, &label)?;
     tracing::info!(
-        "{}: formatted as pool {label}, mounted at {}",
+        "{}: formatted as pool {label} in {} ms, mounted at {} in {} ms",
         disk.dev.display(),
-        pool.mount_point.display()
+        formatted.as_millis(),
+        pool.mount_point.display(),
+        (t.elapsed() - formatted).as_millis()
     );
     Ok(Outcome::Pooled(
         pool,
