@@ -1,9 +1,10 @@
 //! PID 1 from the first instruction to the supervisor.
 //!
 //! Stage 1 runs from the initramfs: kernel API mounts, command line,
-//! verify and enter the system image (see `rootfs`). Stage 2 is the same
-//! binary re-executed from the system image: the rest of the mounts, kernel
-//! modules, hostname, loopback, then the supervisor until a power action.
+//! verify and enter the system image (see `rootfs`). Stage 2 goes on in the
+//! same process, rooted in the system image (or starts there, when PID 1
+//! was started from it): the rest of the mounts, kernel modules, hostname,
+//! loopback, then the supervisor until a power action.
 //! Nothing here may panic or return: PID 1 exiting is a kernel panic.
 
 use std::path::Path;
@@ -30,7 +31,7 @@ fn boot() -> Result<std::convert::Infallible, String> {
 
     if Path::new(rootfs::SYSTEM_IMAGE).exists() {
         tracing::info!("verifying and entering the system image");
-        return Err(rootfs::enter_system_image(&cfg).to_string());
+        rootfs::enter_system_image(&cfg).map_err(|e| e.to_string())?;
     }
 
     tracing::debug!("stage 2: running from the system image");
