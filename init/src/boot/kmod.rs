@@ -506,12 +506,19 @@ impl Loader {
         let mut wanted = fixed.to_vec();
         let started = std::time::Instant::now();
         let mut loading = std::time::Duration::ZERO;
-        for _round in 0..8 {
-            for alias in modaliases(sys) {
+        for round in 1..=8 {
+            let t = std::time::Instant::now();
+            let aliases = modaliases(sys);
+            let scanned = aliases.len();
+            for alias in aliases {
                 if seen_aliases.insert(alias.clone()) {
                     wanted.extend(self.index.lookup_alias(&alias));
                 }
             }
+            tracing::debug!(
+                "coldplug round {round}: {scanned} devices scanned in {} ms",
+                t.elapsed().as_millis()
+            );
             let t = std::time::Instant::now();
             let any = self.load_wanted(&mut wanted, &mut report);
             loading += t.elapsed();
