@@ -107,6 +107,14 @@ pub fn qemu_command(opts: &NodeOptions, dir: &Path, serial: Serial) -> Result<Co
         Accel::Kvm => "kvm",
     };
     cmd.args(["-accel", accel, "-machine", "q35"]);
+    if opts.accel == Accel::Tcg {
+        // QEMU's default CPU offers AMD's SVM, which TCG emulates: the
+        // node's kvm_amd then loads (after ready) and a VM module that
+        // starts after it would run its guests under nested KVM emulated by
+        // TCG. A TCG node presents no virtualisation extensions, so its VMs
+        // run under TCG whenever the VM module starts.
+        cmd.args(["-cpu", "qemu64,svm=off"]);
+    }
     cmd.args(["-m", &opts.memory_mib.to_string()]);
     cmd.args(["-smp", &opts.cpus.to_string()]);
     cmd.args(["-display", "none", "-nodefaults", "-no-user-config"]);

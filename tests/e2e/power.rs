@@ -48,7 +48,6 @@ pub fn direct_boot_ready_then_power_button() -> Check {
         "virtio_console",
         "bridge",
         "evdev",
-        "kvm",
         // the early list, loaded beside the device drivers
         "btrfs",
     ] {
