@@ -193,11 +193,15 @@ fn runtime_image(src: &Sources, work: &Path, sys: &Path) -> Result<Option<String
         src.cfg.runtime.binaries.len(),
         src.runtime.len()
     );
-    let image = work.join("runtime.img");
-    squashfs::make(&tree, &image, src.cfg.system.compression, src.epoch)?;
-    let (hash, len) = hash_and_size(&image)?;
-    tracing::info!("  runtime.img {} blake3 {hash}", size(len));
-    Ok(Some(hash))
+    squashfs::make(
+        &tree,
+        &work.join("runtime.img"),
+        src.cfg.system.compression,
+        src.epoch,
+    )?;
+    let a = Artifact::of(work, "runtime.img")?;
+    tracing::info!("  runtime.img {} blake3 {}", size(a.size), a.blake3);
+    Ok(Some(a.blake3))
 }
 
 /// Stages the system tree and makes system.img (and runtime.img, whose
@@ -300,19 +304,15 @@ fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<(String, Opt
             format!("{hash}\n").as_bytes(),
         )?;
     }
-    let image = work.join("system.img");
-    squashfs::make(&sys, &image, src.cfg.system.compression, src.epoch)?;
-    let (hash, len) = hash_and_size(&image)?;
-    tracing::info!("  system.img {} blake3 {hash}", size(len));
-    Ok((hash, runtime_hash))
-}
-
-fn hash_and_size(path: &Path) -> Result<(String, u64)> {
-    let file = std::fs::File::open(path).map_err(io("opening", path))?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(file).map_err(io("hashing", path))?;
-    let len = std::fs::metadata(path).map_err(io("reading", path))?.len();
-    Ok((hasher.finalize().to_hex().to_string(), len))
+    squashfs::make(
+        &sys,
+        &work.join("system.img"),
+        src.cfg.system.compression,
+        src.epoch,
+    )?;
+    let a = Artifact::of(work, "system.img")?;
+    tracing::info!("  system.img {} blake3 {}", size(a.size), a.blake3);
+    Ok((a.blake3, runtime_hash))
 }
 
 /// Stage 1: PID 1, /dev/console, the modules to mount the system image,
@@ -338,9 +338,12 @@ fn initramfs_image(src: &Sources, work: &Path, out: &Path) -> Result<()> {
         Entry::file("init", 0o755, src.init.clone()),
         Entry::file("system.img", 0o444, read(&image)?),
     ];
-    let runtime = work.join("runtime.img");
-    if runtime.exists() {
-        entries.push(Entry::file("runtime.img", 0o444, read(&runtime)?));
+    if !src.runtime.is_empty() {
+        entries.push(Entry::file(
+            "runtime.img",
+            0o444,
+            read(&work.join("runtime.img"))?,
+        ));
     }
     entries.extend(cpio::tree_entries(&stage1)?);
     write_cpio(out, &entries, src)

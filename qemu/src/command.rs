@@ -346,6 +346,7 @@ mod tests {
         assert!(c.contains("hostfwd=tcp:127.0.0.1:18443-:8443"), "{c}");
         assert!(c.contains("hostfwd=tcp:127.0.0.1:19900-:9900"), "{c}");
         assert!(c.contains("\"-accel\" \"tcg\""), "{c}");
+        assert!(c.contains("\"-cpu\" \"qemu64,svm=off\""), "{c}");
         assert!(!c.contains("-no-reboot"), "Ctrl-Alt-Del must reboot: {c}");
         assert!(run.path().join("disk1.qcow2").exists());
         assert!(c.contains("serial=zeronode-data1"), "{c}");

@@ -223,7 +223,8 @@ mod tests {
     use super::*;
 
     struct Fixture {
-        dir: tempfile::TempDir,
+        /// Keeps the files alive for the test.
+        _dir: tempfile::TempDir,
         paths: Paths,
         image: PathBuf,
     }
@@ -242,7 +243,7 @@ mod tests {
             std::fs::write(&paths.pin, pin).unwrap();
         }
         Fixture {
-            dir,
+            _dir: dir,
             paths,
             image: image_path,
         }
@@ -282,7 +283,6 @@ mod tests {
         std::fs::write(&f.paths.pin, "not a hash").unwrap();
         let err = mount_runtime(&f.paths).unwrap_err().to_string();
         assert!(err.contains("holds no blake3 hash"), "{err}");
-        drop(f.dir);
     }
 
     #[test]
