@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::config::{Compression, ImageConfig, RUNTIME_HASH_FILE, RUNTIME_MOUNT};
+use crate::config::{ImageConfig, RUNTIME_HASH_FILE, RUNTIME_MOUNT};
 use crate::cpio::{self, Entry};
 use crate::error::{io, run, Result};
 use crate::kernel::{self, UnpackedKernel};
@@ -146,7 +146,7 @@ pub fn build(inp: &Inputs) -> Result<Manifest> {
             Entry::char_dev("dev/console", 0o600, 5, 1),
             Entry::file("init", 0o755, src.baseline.clone()),
         ];
-        write_cpio(&inp.out.join("baseline-initramfs.img"), &entries, &src)
+        write_cpio(&inp.out.join("baseline-initramfs.img"), &entries, &[], &src)
     })?;
 
     let mut artifacts = Vec::new();
@@ -336,17 +336,18 @@ fn initramfs_image(src: &Sources, work: &Path, out: &Path) -> Result<()> {
             lines(&src.cfg.initramfs.modules).into_bytes(),
         ),
         Entry::file("init", 0o755, src.init.clone()),
-        Entry::file("system.img", 0o444, read(&image)?),
     ];
+    entries.extend(cpio::tree_entries(&stage1)?);
+    // The squashfs images are compressed already: stored, not compressed again.
+    let mut stored = vec![Entry::file("system.img", 0o444, read(&image)?)];
     if !src.runtime.is_empty() {
-        entries.push(Entry::file(
+        stored.push(Entry::file(
             "runtime.img",
             0o444,
             read(&work.join("runtime.img"))?,
         ));
     }
-    entries.extend(cpio::tree_entries(&stage1)?);
-    write_cpio(out, &entries, src)
+    write_cpio(out, &entries, &stored, src)
 }
 
 /// The UKI, the USB stick image around it, and its qcow2.
@@ -474,25 +475,28 @@ fn service_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-fn write_cpio(path: &Path, entries: &[Entry], src: &Sources) -> Result<()> {
-    let mut raw = Vec::new();
-    cpio::write(
-        &mut raw,
-        entries,
-        u32::try_from(src.epoch).unwrap_or(u32::MAX),
-    )
-    .map_err(io("writing cpio", path))?;
+fn write_cpio(path: &Path, entries: &[Entry], stored: &[Entry], src: &Sources) -> Result<()> {
     let how = src.cfg.initramfs.compression;
-    let bytes = compress::compress(&raw, how).map_err(io("compressing", path))?;
+    let mtime = u32::try_from(src.epoch).unwrap_or(u32::MAX);
+    let bytes =
+        compress::initramfs(entries, stored, how, mtime).map_err(io("writing cpio", path))?;
     write(path, &bytes)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    if how == Compression::None {
-        tracing::info!("  {name} {} (cpio, uncompressed)", size(raw.len() as u64));
+    let stored_size: usize = stored
+        .iter()
+        .map(|e| match &e.kind {
+            cpio::Kind::File(d) => d.len(),
+            _ => 0,
+        })
+        .sum();
+    let how = format!("{how:?}").to_lowercase();
+    if stored.is_empty() {
+        tracing::info!("  {name} {} ({how})", size(bytes.len() as u64));
     } else {
         tracing::info!(
-            "  {name} {} ({how:?} from {})",
+            "  {name} {} ({how}, then {} of squashfs stored as it is)",
             size(bytes.len() as u64),
-            size(raw.len() as u64)
+            size(stored_size as u64)
         );
     }
     Ok(())

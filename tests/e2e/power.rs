@@ -94,19 +94,44 @@ pub fn ctrl_alt_del_reboots() -> Check {
     Ok(())
 }
 
-/// A system image that does not match the pinned hash stops the boot.
+/// A system image that does not match the pinned hash stops the boot, and
+/// so does an initramfs that lost its images.
 pub fn tampered_image_stops_the_boot() -> Check {
     let mut o = opts(Boot::Direct);
     // The last zeronode.root_hash on the command line wins.
     o.append = Some(format!("zeronode.root_hash={}", "ab".repeat(32)));
-    let mut node = start(&o)?;
+    refused(&o, "does not match the pinned hash")?;
+
+    // Cut where the stored archive of squashfs images begins: the kernel
+    // unpacks what came (PID 1 and its modules) and starts /init.
+    let mut o = opts(Boot::Direct);
+    let bytes = std::fs::read(o.image.join("initramfs.img")).map_err(|e| e.to_string())?;
+    let name = bytes
+        .windows(11)
+        .position(|w| w == b"system.img\0")
+        .ok_or("no system.img in the initramfs")?;
+    // A newc header is 110 bytes, the name follows it.
+    let header = name.checked_sub(110).ok_or("system.img's header")?;
+    ensure(&bytes[header..header + 6] == b"070701", || {
+        "system.img's cpio header not found".into()
+    })?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let cut = dir.path().join("initramfs-cut.img");
+    std::fs::write(&cut, &bytes[..header]).map_err(|e| e.to_string())?;
+    o.initrd = Some(cut);
+    refused(&o, "holds no /system.img")
+}
+
+/// Boots `o`, expects PID 1 to stop the boot for `reason` and never say ready.
+fn refused(o: &zeronode_qemu::NodeOptions, reason: &str) -> Check {
+    let mut node = start(o)?;
     let line = node
         .wait_for_line("the refusal", BOOT_TIMEOUT, |l| {
             l.starts_with("zeronode: boot stopped:")
         })
         .map_err(|e| e.to_string())?;
-    ensure(line.contains("does not match the pinned hash"), || {
-        format!("unexpected reason: {line}")
+    ensure(line.contains(reason), || {
+        format!("expected {reason:?}, got: {line}")
     })?;
     std::thread::sleep(Duration::from_secs(2));
     ensure(!node.console().contains("zeronode: ready"), || {

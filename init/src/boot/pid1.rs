@@ -29,7 +29,7 @@ fn boot() -> Result<std::convert::Infallible, String> {
     mounts::mount_all(Path::new("/"), mounts::KERNEL_API).map_err(|e| e.to_string())?;
     let cfg = read_cmdline();
 
-    if Path::new(rootfs::SYSTEM_IMAGE).exists() {
+    if rootfs::has_system_image(Path::new(rootfs::SYSTEM_IMAGE), &cfg).map_err(|e| e.to_string())? {
         tracing::info!("verifying and entering the system image");
         rootfs::enter_system_image(&cfg).map_err(|e| e.to_string())?;
     }

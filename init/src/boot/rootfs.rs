@@ -37,6 +37,8 @@ pub enum RootError {
         expected: String,
         actual: String,
     },
+    #[error("zeronode.root_hash pins a system image but the initramfs holds no {path}: it came incomplete or the kernel could not unpack all of it")]
+    MissingImage { path: PathBuf },
     #[error("reading the system image {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("kernel modules for the system image: {0}")]
@@ -54,6 +56,19 @@ pub enum RootError {
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RootError {
     let what = what.into();
     move |source| RootError::Sys { what, source }
+}
+
+/// Whether stage 1 has a system image to enter at `image`. A pinned hash
+/// without the image is a refusal: going on from an initramfs that lost it
+/// (a truncated download, an archive the kernel gave up on) would run a
+/// node with none of its system. Neither pin nor image: PID 1 runs from
+/// the root it was started on.
+pub fn has_system_image(image: &Path, cfg: &BootConfig) -> Result<bool, RootError> {
+    match (image.exists(), cfg.root_hash) {
+        (true, _) => Ok(true),
+        (false, Some(_)) => Err(RootError::MissingImage { path: image.into() }),
+        (false, None) => Ok(false),
+    }
 }
 
 /// Checks the image against the pinned hash. A missing pin is a refusal too.
@@ -238,5 +253,22 @@ mod tests {
             err.contains("does not match") && err.contains(&hex(&good)),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_pinned_image_must_be_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("system.img");
+        let mut cfg = BootConfig::default();
+        // Started on a root of its own: nothing to enter, nothing pinned.
+        assert!(!has_system_image(&img, &cfg).unwrap());
+        cfg.root_hash = Some([1; 32]);
+        let err = has_system_image(&img, &cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("holds no") && err.contains(&img.display().to_string()),
+            "{err}"
+        );
+        std::fs::write(&img, b"x").unwrap();
+        assert!(has_system_image(&img, &cfg).unwrap());
     }
 }
