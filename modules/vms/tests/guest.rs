@@ -127,7 +127,7 @@ fn a_guest_boots_reads_its_disk_answers_ping_restarts_and_stops() {
                 "name": "tiny",
                 "kernel": {"url": format!("{}/vmlinuz", server.base), "sha256": kernel_sha},
                 "initrd": {"url": format!("{}/initrd", server.base), "sha256": sha256_hex(&initrd)},
-                "cmdline": "loglevel=4",
+                "cmdline": "loglevel=4 cryptomgr.notests",
                 "cpu": 1,
                 "memory": 128u64 << 20,
                 "disks": [{"volume": vol.display().to_string(), "size": 8u64 << 20, "readonly": true}],
