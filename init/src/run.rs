@@ -85,7 +85,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<PowerAction> {
     if let Err(e) = process::prefer_supervisor() {
         tracing::debug!("init keeps the services' priority: {e}");
     }
+    let t = std::time::Instant::now();
     let (mut sup, channels) = Supervisor::load(&opts.services_dir);
+    tracing::debug!("services read in {} ms", t.elapsed().as_millis());
     let Channels {
         mut events,
         mut logs,
@@ -93,7 +95,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<PowerAction> {
     // Children that ended before our handler existed (PID 1's boot) sent
     // their SIGCHLD to nobody.
     sup.reap();
+    let t = std::time::Instant::now();
     sup.start_all();
+    tracing::debug!("first services started in {} ms", t.elapsed().as_millis());
     let mut ready_said = false;
     let action = loop {
         if !ready_said && sup.is_ready() {
