@@ -193,15 +193,7 @@ fn runtime_image(src: &Sources, work: &Path, sys: &Path) -> Result<Option<String
         src.cfg.runtime.binaries.len(),
         src.runtime.len()
     );
-    squashfs::make(
-        &tree,
-        &work.join("runtime.img"),
-        src.cfg.system.compression,
-        src.epoch,
-    )?;
-    let a = Artifact::of(work, "runtime.img")?;
-    tracing::info!("  runtime.img {} blake3 {}", size(a.size), a.blake3);
-    Ok(Some(a.blake3))
+    squashfs_image(src, &tree, work, "runtime.img").map(Some)
 }
 
 /// Stages the system tree and makes system.img (and runtime.img, whose
@@ -304,15 +296,20 @@ fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<(String, Opt
             format!("{hash}\n").as_bytes(),
         )?;
     }
+    Ok((squashfs_image(src, &sys, work, "system.img")?, runtime_hash))
+}
+
+/// Makes `work/name` from `tree` as the declaration says; returns its blake3 hex.
+fn squashfs_image(src: &Sources, tree: &Path, work: &Path, name: &str) -> Result<String> {
     squashfs::make(
-        &sys,
-        &work.join("system.img"),
+        tree,
+        &work.join(name),
         src.cfg.system.compression,
         src.epoch,
     )?;
-    let a = Artifact::of(work, "system.img")?;
-    tracing::info!("  system.img {} blake3 {}", size(a.size), a.blake3);
-    Ok((a.blake3, runtime_hash))
+    let a = Artifact::of(work, name)?;
+    tracing::info!("  {name} {} blake3 {}", size(a.size), a.blake3);
+    Ok(a.blake3)
 }
 
 /// Stage 1: PID 1, /dev/console, the modules to mount the system image,
@@ -482,23 +479,13 @@ fn write_cpio(path: &Path, entries: &[Entry], stored: &[Entry], src: &Sources) -
         compress::initramfs(entries, stored, how, mtime).map_err(io("writing cpio", path))?;
     write(path, &bytes)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let stored_size: usize = stored
-        .iter()
-        .map(|e| match &e.kind {
-            cpio::Kind::File(d) => d.len(),
-            _ => 0,
-        })
-        .sum();
     let how = format!("{how:?}").to_lowercase();
-    if stored.is_empty() {
-        tracing::info!("  {name} {} ({how})", size(bytes.len() as u64));
+    let stored = if stored.is_empty() {
+        ""
     } else {
-        tracing::info!(
-            "  {name} {} ({how}, then {} of squashfs stored as it is)",
-            size(bytes.len() as u64),
-            size(stored_size as u64)
-        );
-    }
+        ", the squashfs images stored as they are"
+    };
+    tracing::info!("  {name} {} ({how}{stored})", size(bytes.len() as u64));
     Ok(())
 }
 

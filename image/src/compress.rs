@@ -95,7 +95,6 @@ mod tests {
         let mut second = Vec::new();
         cpio::write(&mut second, &stored, 1).unwrap();
         assert_eq!(&bytes[start..], &second[..]);
-        assert!(bytes.windows(image.len()).any(|w| w == image));
 
         // Nothing stored: the plain compressed archive.
         assert_eq!(

@@ -132,7 +132,7 @@ fn main() {
 /// Cases that run in a lane of their own beside the others. The VM case is
 /// the longest by far, and for most of it one emulated CPU (its guest, TCG
 /// inside a TCG node) keeps one host core busy. Beside it the other cases
-/// run about 1.5x slower, but the suite ends sooner: 9-9.5 min here against
+/// run about 1.5x slower, but the suite ends sooner: 9-10 min here against
 /// about 11 min one case after another.
 const BESIDE: &[&str] = &["vm_runs_and_comes_back_after_a_hard_reset"];
 
