@@ -159,6 +159,25 @@ impl Node {
     /// Starts QEMU; returns once it runs (its QMP socket is up), or with
     /// QEMU's complaint if it stopped at once.
     pub fn start(opts: &NodeOptions) -> Result<Node, NodeError> {
+        // A port `free_port` picked is free only until someone binds it: a
+        // QEMU started beside this one (the e2e lanes) can take it first,
+        // and then this one stops at once. Pick another and start again.
+        let mut tries = 1;
+        loop {
+            match Self::start_once(opts) {
+                Err(NodeError::Exited { stderr, .. })
+                    if opts.api_port.is_none()
+                        && tries < 5
+                        && stderr.contains("Could not set up host forwarding rule") =>
+                {
+                    tries += 1
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn start_once(opts: &NodeOptions) -> Result<Node, NodeError> {
         let dir = tempfile::Builder::new()
             .prefix("zeronode-qemu-")
             .tempdir()

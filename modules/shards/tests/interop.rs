@@ -15,7 +15,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{value_for, Raw, Reply};
 
@@ -23,25 +22,21 @@ use common::{value_for, Raw, Reply};
 fn the_objects_client_protocol_works() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin"), "adminpw\n").unwrap();
-    let addr = format!("127.0.0.1:{}", common::free_port());
+    let socket = dir.path().join("shards.sock");
     // Exactly the objects interop test's command line.
-    let mut child = Command::new(common::BIN)
-        .arg("--data")
-        .arg(dir.path().join("data"))
-        .args(["--listen", &addr])
-        .arg("--socket")
-        .arg(dir.path().join("shards.sock"))
-        .arg("--admin-password-file")
-        .arg(dir.path().join("admin"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (mut child, addr) = common::start_on_free_port(&socket, |addr| {
+        let mut cmd = Command::new(common::BIN);
+        cmd.arg("--data")
+            .arg(dir.path().join("data"))
+            .args(["--listen", addr])
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--admin-password-file")
+            .arg(dir.path().join("admin"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    });
 
     let mut admin = Raw::connect(&addr);
     for cmd in [

@@ -17,6 +17,38 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Starts the server that `command(addr)` describes on a free loopback port
+/// and waits until it serves there; returns the child and its address.
+///
+/// A port from `free_port` is free only until someone binds it: a server of
+/// a test running beside this one can take it first, and then this child
+/// exits with "Address already in use" while a connect to the port reaches
+/// the other server. So the wait does not trust the port alone: the server
+/// creates its D-Bus socket (`socket`, unique to the test) only after it
+/// bound the port, and a child that exited is started on another port.
+pub fn start_on_free_port(socket: &Path, command: impl Fn(&str) -> Command) -> (Child, String) {
+    for _ in 0..10 {
+        let addr = format!("127.0.0.1:{}", free_port());
+        match std::fs::remove_file(socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{e}"),
+            _ => {}
+        }
+        let mut child = command(&addr).spawn().expect("start zeronode-shards");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if socket.exists() && TcpStream::connect(&addr).is_ok() {
+                return (child, addr);
+            }
+            assert!(Instant::now() < deadline, "server on {addr} did not start");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    panic!("zeronode-shards exited at every start (see its errors above)");
+}
+
 pub struct Proc {
     pub child: Option<Child>,
     pub addr: String,
@@ -41,35 +73,31 @@ impl Proc {
     }
 
     fn spawn(dir: &Path, extra: &[&str], admin: bool, log: Option<&Path>) -> Proc {
-        let addr = format!("127.0.0.1:{}", free_port());
         let socket = dir.join("shards.sock");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--dir")
-            .arg(dir.join("data"))
-            .args(["--listen", &addr])
-            .arg("--socket")
-            .arg(&socket)
-            .args(extra)
-            .stdout(Stdio::null());
-        match log {
-            Some(path) => {
-                cmd.env("RUST_LOG", "debug")
-                    .stderr(std::fs::File::create(path).unwrap());
+        let (child, addr) = start_on_free_port(&socket, |addr| {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--dir")
+                .arg(dir.join("data"))
+                .args(["--listen", addr])
+                .arg("--socket")
+                .arg(&socket)
+                .args(extra)
+                .stdout(Stdio::null());
+            match log {
+                Some(path) => {
+                    cmd.env("RUST_LOG", "debug")
+                        .stderr(std::fs::File::create(path).unwrap());
+                }
+                None => {
+                    cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit());
+                }
             }
-            None => {
-                cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit());
+            if admin {
+                std::fs::write(dir.join("admin"), "adminpw\n").unwrap();
+                cmd.arg("--admin-password-file").arg(dir.join("admin"));
             }
-        }
-        if admin {
-            std::fs::write(dir.join("admin"), "adminpw\n").unwrap();
-            cmd.arg("--admin-password-file").arg(dir.join("admin"));
-        }
-        let child = cmd.spawn().expect("start zeronode-shards");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "server on {addr} did not start");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+            cmd
+        });
         Proc {
             child: Some(child),
             addr,
