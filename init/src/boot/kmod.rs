@@ -1,14 +1,17 @@
 //! Kernel modules without kmod: the index files depmod wrote, device
 //! modaliases from /sys, and finit_module(2).
 //!
-//! Coldplug runs in rounds because loading a bus driver makes new devices
-//! appear (virtio_pci brings the virtio devices whose drivers load next).
+//! Coldplug loads each module once its dependencies are in, and goes on
+//! with the drivers of the devices that loading brings (virtio_pci brings
+//! the virtio devices) while the rest still load: no round waits for the
+//! slowest module of the one before.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use thiserror::Error;
 
@@ -385,7 +388,13 @@ pub struct Loader {
     /// waiting for slow probes (libata's port scan takes a third of a second
     /// under emulation), and the devices announce themselves as uevents.
     async_probe: bool,
+    /// finit_module's threads: one a CPU.
+    workers: usize,
+    /// What loads one module: `finit`, or a stand-in in tests.
+    load_one: LoadOne,
 }
+
+type LoadOne = fn(&Path, bool) -> Result<(), KmodError>;
 
 impl Loader {
     pub fn new(index: ModuleIndex) -> Self {
@@ -400,6 +409,8 @@ impl Loader {
             loaded,
             cpu,
             async_probe: false,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            load_one: finit,
         }
     }
 
@@ -419,134 +430,146 @@ impl Loader {
         self.load_many(vec![canonical(name)], report);
     }
 
-    /// Loads modules and their dependencies, in waves: each wave holds every
-    /// module whose dependencies are in, loaded on all CPUs at once (module
-    /// loading is mostly signature checks and relocation, and under
-    /// emulation it is the longest part of the boot). A module already in
-    /// the kernel, or built in, is a success. Soft dependencies go first but
-    /// their failure stops nothing.
+    /// Loads modules and their dependencies, each as soon as what it
+    /// depends on is in, on all CPUs at once (module loading is mostly
+    /// signature checks and relocation, and under emulation it is the
+    /// longest part of the boot). A module already in the kernel, or built
+    /// in, is a success. Soft dependencies go first but their failure stops
+    /// nothing.
     pub fn load_many(&mut self, roots: Vec<String>, report: &mut LoadReport) {
-        let (mut plan, unknown, other_cpu) =
-            self.index
-                .plan(roots, |m| self.present(m), self.cpu.as_deref());
-        let mut failed: HashSet<String> = HashSet::new();
-        for m in other_cpu {
-            report.not_applicable.push(m.clone());
-            failed.insert(m);
-        }
-        for m in unknown {
-            report
-                .failed
-                .push((m.clone(), KmodError::Unknown(m.clone()).to_string()));
-            failed.insert(m);
-        }
-        while !plan.is_empty() {
-            let wave = next_wave(&plan, |d| self.present(d) || failed.contains(d));
-            if wave.is_empty() {
-                // Only a dependency cycle in modules.dep could leave us here.
-                for (m, _) in std::mem::take(&mut plan) {
-                    report
-                        .failed
-                        .push((m, "circular module dependencies".into()));
-                }
-                break;
-            }
-            let mut to_load = Vec::new();
-            for m in wave {
-                let Some(Planned { path, hard, .. }) = plan.remove(&m) else {
-                    continue;
-                };
-                match hard.iter().find(|d| failed.contains(*d)) {
-                    Some(d) => {
-                        report
-                            .failed
-                            .push((m.clone(), format!("needs {d}, which did not load")));
-                        failed.insert(m);
-                    }
-                    None => to_load.push((m, path)),
-                }
-            }
-            for ((m, _), result) in to_load
-                .iter()
-                .zip(finit_parallel(&to_load, self.async_probe))
-            {
-                match result {
-                    Ok(()) => {
-                        report.loaded.push(m.clone());
-                        self.loaded.insert(m.clone());
-                    }
-                    Err(KmodError::Load {
-                        source: nix::Error::ENODEV,
-                        ..
-                    }) => {
-                        report.not_applicable.push(m.clone());
-                        failed.insert(m.clone());
-                    }
-                    Err(e) => {
-                        report.failed.push((m.clone(), e.to_string()));
-                        failed.insert(m.clone());
-                    }
-                }
-            }
-        }
+        let (events, heard) = mpsc::channel();
+        self.load_streaming(roots, report, events, heard, None);
     }
 
     /// Loads `fixed` and the drivers of every device in /sys that wants
-    /// one, in rounds until no new device shows up.
+    /// one, and of every device that shows up meanwhile, until no new
+    /// device has come for a while.
     pub fn coldplug(&mut self, sys: &Path, fixed: &[String]) -> LoadReport {
         let mut report = LoadReport::default();
-        let mut seen_aliases = HashSet::new();
-        // Devices that a driver loaded here brings (virtio_pci's virtio
-        // devices...) are probed asynchronously and may miss the next scan
-        // of /sys; the kernel announces each one as a uevent, so listen
-        // before loading anything.
+        let started = std::time::Instant::now();
+        // Loading a bus driver makes devices appear (virtio_pci brings the
+        // virtio devices), probed asynchronously: the kernel announces each
+        // one as a uevent, so listen before loading anything, and load each
+        // new device's driver while the rest still load.
         let uevents = Uevents::open()
             .map_err(|e| tracing::warn!("no uevent socket ({e}): late devices may lack drivers"))
             .ok();
-        let mut wanted = fixed.to_vec();
-        let started = std::time::Instant::now();
-        let mut loading = std::time::Duration::ZERO;
-        for round in 1..=8 {
-            let t = std::time::Instant::now();
-            let aliases = modaliases(sys);
-            let scanned = aliases.len();
-            for alias in aliases {
-                if seen_aliases.insert(alias.clone()) {
-                    wanted.extend(self.index.lookup_alias(&alias));
-                }
-            }
-            tracing::debug!(
-                "coldplug round {round}: {scanned} devices scanned in {} ms",
-                t.elapsed().as_millis()
-            );
-            let t = std::time::Instant::now();
-            let any = self.load_wanted(&mut wanted, &mut report);
-            loading += t.elapsed();
-            if !any {
-                break;
-            }
-        }
+        let mut roots = fixed.to_vec();
+        let mut devices = Devices::default();
+        let t = std::time::Instant::now();
+        let aliases = modaliases(sys);
         tracing::debug!(
-            "coldplug: {} ms scanning /sys and loading, {} ms of it loading",
-            started.elapsed().as_millis(),
-            loading.as_millis()
+            "coldplug: {} devices scanned in {} ms",
+            aliases.len(),
+            t.elapsed().as_millis()
         );
-        let Some(uevents) = uevents else {
-            return report;
-        };
-        let deadline = std::time::Instant::now() + UEVENT_SETTLE_MAX;
-        while std::time::Instant::now() < deadline {
-            let aliases = uevents.drain(UEVENT_IDLE, deadline);
-            for alias in aliases {
-                if seen_aliases.insert(alias.clone()) {
-                    wanted.extend(self.index.lookup_alias(&alias));
+        roots.extend(devices.drivers(&self.index, aliases));
+        let (events, heard) = mpsc::channel();
+        let stop = Stop::new();
+        std::thread::scope(|scope| {
+            if let (Some(u), Some(stop)) = (&uevents, &stop) {
+                let events = events.clone();
+                scope.spawn(move || u.forward(&events, stop));
+            }
+            let hotplug = Hotplug {
+                sys,
+                devices: &mut devices,
+                // Without the socket, or when it lost events, /sys is read again.
+                rescan: uevents.is_none() || stop.is_none(),
+            };
+            self.load_streaming(roots, &mut report, events, heard, Some(hotplug));
+            if let Some(stop) = &stop {
+                stop.fire();
+            }
+        });
+        tracing::debug!(
+            "coldplug: {} ms scanning /sys, loading and settling",
+            started.elapsed().as_millis()
+        );
+        report
+    }
+
+    /// The scheduler behind `load_many` and `coldplug`: workers run
+    /// finit_module; this thread hands each module to them once its
+    /// dependencies are in, and with `hotplug` adds the drivers of devices
+    /// that show up, until nothing loads and no device comes for
+    /// `UEVENT_IDLE` (at most `UEVENT_SETTLE_MAX` of such waiting).
+    fn load_streaming(
+        &mut self,
+        roots: Vec<String>,
+        report: &mut LoadReport,
+        events: mpsc::Sender<Event>,
+        heard: mpsc::Receiver<Event>,
+        mut hotplug: Option<Hotplug<'_>>,
+    ) {
+        let (workers, load_one) = (self.workers, self.load_one);
+        let async_probe = self.async_probe;
+        let mut run = Schedule::default();
+        run.add(self, roots, report);
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = std::sync::Mutex::new(queue);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let events = events.clone();
+                let queue = &queue;
+                scope.spawn(move || loop {
+                    let job = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((m, path)) = job else { return };
+                    let result = load_one(&path, async_probe);
+                    if events.send(Event::Loaded(m, result)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(events);
+            let mut waited = std::time::Duration::ZERO;
+            loop {
+                run.dispatch(self, &jobs, report);
+                let event = if !run.in_flight.is_empty() {
+                    match heard.recv() {
+                        Ok(e) => e,
+                        Err(_) => break,
+                    }
+                } else {
+                    run.fail_stuck(report);
+                    let Some(h) = hotplug.as_mut() else { break };
+                    if waited >= UEVENT_SETTLE_MAX {
+                        break;
+                    }
+                    let t = std::time::Instant::now();
+                    let e = heard.recv_timeout(UEVENT_IDLE);
+                    waited += t.elapsed();
+                    match e {
+                        Ok(e) => e,
+                        Err(mpsc::RecvTimeoutError::Timeout) if h.rescan => {
+                            h.rescan = false;
+                            let found = h.devices.drivers(&self.index, modaliases(h.sys));
+                            run.add(self, found, report);
+                            continue;
+                        }
+                        Err(_) => break,
+                    }
+                };
+                match event {
+                    Event::Loaded(m, result) => run.finish(self, m, result, report),
+                    Event::Device(alias) => {
+                        if let Some(h) = hotplug.as_mut() {
+                            let found = h.devices.drivers(&self.index, [alias]);
+                            run.add(self, found, report);
+                        }
+                    }
+                    Event::Overflow => {
+                        if let Some(h) = hotplug.as_mut() {
+                            h.rescan = true;
+                        }
+                    }
                 }
             }
-            if !self.load_wanted(&mut wanted, &mut report) {
-                break;
-            }
-        }
-        report
+            drop(jobs);
+        });
     }
 
     /// The modules the CPU's features ask for (kvm_amd, kvm_intel, crypto
@@ -560,17 +583,172 @@ impl Loader {
             .map(|t| self.index.lookup_alias(t.trim()))
             .unwrap_or_default()
     }
+}
 
-    /// Loads what is wanted and not in yet; false when there was nothing.
-    fn load_wanted(&mut self, wanted: &mut Vec<String>, report: &mut LoadReport) -> bool {
-        wanted.sort();
-        wanted.dedup();
-        wanted.retain(|m| !self.present(m));
-        if wanted.is_empty() {
-            return false;
+/// A module for a worker: its name and its file.
+type Job = (String, PathBuf);
+
+/// What the scheduler hears.
+enum Event {
+    /// A worker's finit_module ended.
+    Loaded(String, Result<(), KmodError>),
+    /// A device was added: its modalias.
+    Device(String),
+    /// The uevent socket dropped messages (its buffer was full).
+    Overflow,
+}
+
+/// Where coldplug finds more devices while it loads.
+struct Hotplug<'a> {
+    sys: &'a Path,
+    devices: &'a mut Devices,
+    /// Read /sys again when things are quiet: uevents were lost or never heard.
+    rescan: bool,
+}
+
+/// The devices coldplug has matched, by modalias.
+#[derive(Default)]
+struct Devices {
+    seen: HashSet<String>,
+}
+
+impl Devices {
+    /// The drivers of the aliases not seen before.
+    fn drivers(
+        &mut self,
+        index: &ModuleIndex,
+        aliases: impl IntoIterator<Item = String>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for alias in aliases {
+            if self.seen.insert(alias.clone()) {
+                out.extend(index.lookup_alias(&alias));
+            }
         }
-        self.load_many(std::mem::take(wanted), report);
-        true
+        out
+    }
+}
+
+/// One `load_streaming` run's book: what waits for its dependencies, what
+/// the workers have, what failed.
+#[derive(Default)]
+struct Schedule {
+    plan: BTreeMap<String, Planned>,
+    in_flight: HashSet<String>,
+    failed: HashSet<String>,
+}
+
+impl Schedule {
+    /// Plans `roots` and the dependencies not in, planned or loading yet.
+    fn add(&mut self, loader: &Loader, roots: Vec<String>, report: &mut LoadReport) {
+        let (plan, unknown, other_cpu) = loader.index.plan(
+            roots,
+            |m| {
+                loader.present(m)
+                    || self.plan.contains_key(m)
+                    || self.in_flight.contains(m)
+                    || self.failed.contains(m)
+            },
+            loader.cpu.as_deref(),
+        );
+        for m in other_cpu {
+            report.not_applicable.push(m.clone());
+            self.failed.insert(m);
+        }
+        for m in unknown {
+            report
+                .failed
+                .push((m.clone(), KmodError::Unknown(m.clone()).to_string()));
+            self.failed.insert(m);
+        }
+        self.plan.extend(plan);
+    }
+
+    /// Hands the workers every planned module whose dependencies are in
+    /// or given up on; one whose hard dependency failed fails.
+    fn dispatch(&mut self, loader: &mut Loader, jobs: &mpsc::Sender<Job>, report: &mut LoadReport) {
+        loop {
+            let ready = next_wave(&self.plan, |d| loader.present(d) || self.failed.contains(d));
+            if ready.is_empty() {
+                return;
+            }
+            for m in ready {
+                let Some(Planned { path, hard, .. }) = self.plan.remove(&m) else {
+                    continue;
+                };
+                if let Some(d) = hard.iter().find(|d| self.failed.contains(*d)) {
+                    report
+                        .failed
+                        .push((m.clone(), format!("needs {d}, which did not load")));
+                    // Its dependents may fail now too: hence the loop.
+                    self.failed.insert(m);
+                    continue;
+                }
+                if jobs.send((m.clone(), path)).is_ok() {
+                    self.in_flight.insert(m);
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        loader: &mut Loader,
+        m: String,
+        result: Result<(), KmodError>,
+        report: &mut LoadReport,
+    ) {
+        self.in_flight.remove(&m);
+        match result {
+            Ok(()) => {
+                report.loaded.push(m.clone());
+                loader.loaded.insert(m);
+            }
+            Err(KmodError::Load {
+                source: nix::Error::ENODEV,
+                ..
+            }) => {
+                report.not_applicable.push(m.clone());
+                self.failed.insert(m);
+            }
+            Err(e) => {
+                report.failed.push((m.clone(), e.to_string()));
+                self.failed.insert(m);
+            }
+        }
+    }
+
+    /// With nothing loading, what is still planned waits on itself: only a
+    /// dependency cycle in modules.dep does that.
+    fn fail_stuck(&mut self, report: &mut LoadReport) {
+        for (m, _) in std::mem::take(&mut self.plan) {
+            report
+                .failed
+                .push((m.clone(), "circular module dependencies".into()));
+            self.failed.insert(m);
+        }
+    }
+}
+
+/// Tells the uevent thread to end: a pipe its poll also watches.
+struct Stop {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl Stop {
+    fn new() -> Option<Self> {
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok((read, write)) => Some(Stop { read, write }),
+            Err(e) => {
+                tracing::warn!("no pipe to stop the uevent listener ({e})");
+                None
+            }
+        }
+    }
+
+    fn fire(&self) {
+        let _ = nix::unistd::write(&self.write, b"x");
     }
 }
 
@@ -622,42 +800,43 @@ impl Uevents {
         Ok(Uevents { fd })
     }
 
-    /// Modaliases of the devices added until `idle` passes with no device
-    /// that wants a driver, or `deadline` comes. Other events (a module
-    /// loaded, a disk's partitions, a NIC's net device) need nothing from
-    /// coldplug, and the early module list's loads send a stream of them.
-    pub fn drain(&self, idle: std::time::Duration, deadline: std::time::Instant) -> Vec<String> {
+    /// Sends the modalias of every device added as an `Event::Device`
+    /// until `stop` fires. Other events (a module loaded, a disk's
+    /// partitions, a NIC's net device) need nothing from coldplug, and the
+    /// early module list's loads send a stream of them.
+    fn forward(&self, events: &mpsc::Sender<Event>, stop: &Stop) {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        use std::os::fd::AsFd;
-        use std::time::Instant;
-        let mut out = Vec::new();
+        use std::os::fd::{AsFd, AsRawFd};
         let mut buf = vec![0u8; 16 * 1024];
-        let mut quiet_since = Instant::now();
         loop {
-            let now = Instant::now();
-            let until = (quiet_since + idle).min(deadline);
-            if now >= until {
-                return out;
+            let mut fds = [
+                PollFd::new(self.fd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop.read.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => return,
             }
-            let wait = (until - now).as_millis().max(1) as u64;
-            let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
-            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
-                Ok(n) if n > 0 => {}
-                Ok(_) | Err(nix::Error::EINTR) => continue,
-                Err(_) => return out,
+            if fds[1].any().unwrap_or(true) {
+                return;
             }
-            while let Ok(n) = nix::sys::socket::recv(
-                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
-                &mut buf,
-                nix::sys::socket::MsgFlags::empty(),
-            ) {
-                if n == 0 {
-                    break;
-                }
-                if let Some(alias) = added_modalias(&buf[..n]) {
-                    out.push(alias);
-                    quiet_since = Instant::now();
+            loop {
+                let message = match nix::sys::socket::recv(
+                    self.fd.as_raw_fd(),
+                    &mut buf,
+                    nix::sys::socket::MsgFlags::empty(),
+                ) {
+                    Ok(0) | Err(nix::Error::EAGAIN) => break,
+                    Ok(n) => added_modalias(&buf[..n]).map(Event::Device),
+                    Err(nix::Error::ENOBUFS) => Some(Event::Overflow),
+                    Err(nix::Error::EINTR) => continue,
+                    Err(_) => return,
+                };
+                if let Some(m) = message {
+                    if events.send(m).is_err() {
+                        return;
+                    }
                 }
             }
         }
@@ -678,45 +857,6 @@ pub fn added_modalias(msg: &[u8]) -> Option<String> {
                 .filter(|v| !v.is_empty())
                 .map(str::to_string)
         })
-}
-
-/// finit_module on every file, spread over the CPUs; results in order.
-fn finit_parallel(modules: &[(String, PathBuf)], async_probe: bool) -> Vec<Result<(), KmodError>> {
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(modules.len());
-    if workers <= 1 {
-        return modules.iter().map(|(_, p)| finit(p, async_probe)).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<(), KmodError>>> = modules.iter().map(|_| None).collect();
-    let done = std::sync::Mutex::new(&mut results);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((_, path)) = modules.get(i) else {
-                    return;
-                };
-                let r = finit(path, async_probe);
-                if let Ok(mut slots) = done.lock() {
-                    slots[i] = Some(r);
-                }
-            });
-        }
-    });
-    results
-        .into_iter()
-        .zip(modules)
-        .map(|(r, (_, p))| {
-            r.unwrap_or_else(|| {
-                Err(KmodError::Open {
-                    path: p.clone(),
-                    source: io::Error::other("loader thread failed"),
-                })
-            })
-        })
-        .collect()
 }
 
 fn finit(path: &Path, async_probe: bool) -> Result<(), KmodError> {
@@ -1036,6 +1176,8 @@ mod tests {
             loaded: HashSet::new(),
             cpu: None,
             async_probe: false,
+            workers: 2,
+            load_one: finit,
         };
         let mut report = LoadReport::default();
         loader.load_many(
@@ -1071,6 +1213,96 @@ mod tests {
                 "needs net_failover, which did not load".into()
             )
         );
+    }
+
+    /// A loader over `fixture()` whose modules "load" through `load_one`.
+    fn stand_in(dir: &Path, load_one: LoadOne) -> Loader {
+        Loader {
+            index: ModuleIndex::load(dir).unwrap(),
+            loaded: HashSet::new(),
+            cpu: None,
+            async_probe: false,
+            workers: 2,
+            load_one,
+        }
+    }
+
+    /// Module loads seen by `timed_load`, in the order they ended.
+    static ENDED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    /// 300 ms for raid6_pq, 20 ms for the rest.
+    fn timed_load(path: &Path, _: bool) -> Result<(), KmodError> {
+        let name = name_of(&path.to_string_lossy());
+        let ms = if name == "raid6_pq" { 300 } else { 20 };
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        ENDED.lock().unwrap().push(name);
+        Ok(())
+    }
+
+    #[test]
+    fn a_module_loads_once_its_own_dependencies_are_in() {
+        let dir = fixture();
+        let mut loader = stand_in(dir.path(), timed_load);
+        let mut report = LoadReport::default();
+        loader.load_many(vec!["btrfs".into(), "virtio_net".into()], &mut report);
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let ended = ENDED.lock().unwrap().clone();
+        let at = |m: &str| ended.iter().position(|e| e == m).unwrap();
+        // virtio_net's chain (failover, net_failover, virtio_net) does not
+        // wait for raid6_pq, which started beside failover.
+        assert!(at("virtio_net") < at("raid6_pq"), "{ended:?}");
+        // btrfs does wait for its dependencies.
+        assert!(
+            at("btrfs") > at("raid6_pq") && at("btrfs") > at("xor"),
+            "{ended:?}"
+        );
+        assert_eq!(report.loaded.len(), ended.len());
+    }
+
+    fn instant_load(_: &Path, _: bool) -> Result<(), KmodError> {
+        Ok(())
+    }
+
+    #[test]
+    fn a_device_announced_while_loading_gets_its_driver() {
+        let dir = fixture();
+        let sys = tempfile::tempdir().unwrap();
+        let mut loader = stand_in(dir.path(), instant_load);
+        let mut devices = Devices::default();
+        let (events, heard) = mpsc::channel();
+        // As the uevent thread sends it: a virtio NIC that a bus driver brought.
+        events
+            .send(Event::Device("virtio:d00000001v00001AF4".into()))
+            .unwrap();
+        let hotplug = Hotplug {
+            sys: sys.path(),
+            devices: &mut devices,
+            rescan: false,
+        };
+        let mut report = LoadReport::default();
+        let t = std::time::Instant::now();
+        loader.load_streaming(
+            vec!["bridge".into()],
+            &mut report,
+            events,
+            heard,
+            Some(hotplug),
+        );
+        let mut loaded = report.loaded.clone();
+        loaded.sort();
+        assert_eq!(
+            loaded,
+            [
+                "bridge",
+                "failover",
+                "llc",
+                "net_failover",
+                "stp",
+                "virtio_net"
+            ]
+        );
+        // Done once no device came for UEVENT_IDLE, not at UEVENT_SETTLE_MAX.
+        assert!(t.elapsed() < UEVENT_SETTLE_MAX, "{:?}", t.elapsed());
     }
 
     #[test]
@@ -1167,6 +1399,8 @@ mod tests {
             loaded: HashSet::new(),
             cpu: Some(tcg.into()),
             async_probe: false,
+            workers: 2,
+            load_one: finit,
         };
         let mut report = LoadReport::default();
         loader.load_many(vec!["crc32c_intel".into()], &mut report);
