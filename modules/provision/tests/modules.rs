@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -50,44 +50,6 @@ fn run(args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// The workspace's zeronode-network and zeronode-storage, built into the
-/// target directory this test runs from.
-fn module_binaries() -> (PathBuf, PathBuf) {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_zeronode-provision"));
-    let bin_dir = exe.parent().unwrap().to_path_buf();
-    let target = bin_dir.parent().unwrap();
-    let (net, sto) = (
-        bin_dir.join("zeronode-network"),
-        bin_dir.join("zeronode-storage"),
-    );
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "-j2",
-            "-p",
-            "zeronode-network",
-            "-p",
-            "zeronode-storage",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .env("CARGO_TARGET_DIR", target)
-        .args(if bin_dir.ends_with("release") {
-            &["--release"][..]
-        } else {
-            &[][..]
-        })
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "building zeronode-network and zeronode-storage"
-    );
-    (net, sto)
 }
 
 struct Guard(Vec<Vec<String>>);
@@ -138,7 +100,10 @@ async fn network_and_volume_on_real_modules_survive_a_restart() {
     if !can_run() {
         return;
     }
-    let (net_bin, sto_bin) = module_binaries();
+    let (net_bin, sto_bin) = (
+        workspace_binary("zeronode-network"),
+        workspace_binary("zeronode-storage"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let tag = std::process::id() % 100_000;

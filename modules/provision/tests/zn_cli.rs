@@ -1,42 +1,14 @@
 //! The zn binary against a node on the host: the commands a QEMU test
-//! runs, their --json output and exit codes. zn is built by cargo into the
-//! test's target directory on first use.
+//! runs, their --json output and exit codes. zn comes from the workspace's
+//! test build (`common::workspace_binary`).
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
 use serde_json::Value;
-
-fn zn_binary() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_zeronode-provision"));
-    let bin_dir = exe.parent().unwrap().to_path_buf();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "-j2",
-            "-p",
-            "zeronode-client",
-            "--bin",
-            "zn",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .env("CARGO_TARGET_DIR", bin_dir.parent().unwrap())
-        .args(if bin_dir.ends_with("release") {
-            &["--release"][..]
-        } else {
-            &[][..]
-        })
-        .status()
-        .unwrap();
-    assert!(status.success(), "building zn");
-    bin_dir.join("zn")
-}
 
 struct Zn {
     bin: PathBuf,
@@ -65,7 +37,7 @@ impl Zn {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_qemu_test_commands() {
-    let bin = zn_binary();
+    let bin = workspace_binary("zn");
     let node = Node::start(true, &[]).await;
     let work = tempfile::tempdir().unwrap();
     let zn = Zn {

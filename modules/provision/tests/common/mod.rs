@@ -286,6 +286,64 @@ impl FakeShards {
     }
 }
 
+/// `name`, a binary of another package of the workspace, as `cargo test
+/// --workspace` builds it. Cargo is asked for exactly that build (`--no-run`):
+/// run from `cargo test --workspace`, as scripts/test does, every unit is fresh
+/// and this takes a second or two, where `cargo build -p` resolved other
+/// features and rebuilt tokio, zbus and their dependents (43 s in CI, once
+/// for each test that did it). Run from `cargo test -p zeronode-provision`,
+/// it builds the workspace's tests once.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_zeronode-provision"));
+    let bin_dir = exe.parent().unwrap().to_path_buf();
+    BUILT.get_or_init(|| {
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        // What cargo set for this test (CARGO_PKG_NAME, CARGO_MANIFEST_DIR...)
+        // must not reach the build: ring's build script reruns when they
+        // differ from the outer build's, and everything after it rebuilt.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_BIN_",
+                "CARGO_CRATE_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+                || key == "CARGO_PRIMARY_PACKAGE"
+                || key == "CARGO_TARGET_TMPDIR"
+            {
+                cmd.env_remove(key);
+            }
+        }
+        let status = cmd
+            .args([
+                "test",
+                "--workspace",
+                "--locked",
+                "--no-run",
+                "--quiet",
+                "--manifest-path",
+            ])
+            .arg(&manifest)
+            .env("CARGO_TARGET_DIR", bin_dir.parent().unwrap())
+            .args(if bin_dir.ends_with("release") {
+                &["--release"][..]
+            } else {
+                &[][..]
+            })
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the workspace's binaries");
+    });
+    bin_dir.join(name)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
