@@ -1,7 +1,8 @@
 //! The order path against the real network and storage modules on the
 //! host: a network namespace for zeronode-network, a loop device for
 //! zeronode-storage (root, iproute2, losetup, mkfs.btrfs, nft). Their
-//! binaries are built by cargo on first use. Skipped when not root.
+//! binaries come from the workspace's test build
+//! (`common::workspace_binary`). Skipped when not root.
 
 mod common;
 
