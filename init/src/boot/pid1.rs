@@ -142,7 +142,7 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
     if !early.is_empty() {
         // async_probe spares btrfs's init a wait for every asynchronous
         // probe in flight (async_synchronize_full): AHCI's port scan, which
-        // held btrfs back 0.05-0.4 s after coldplug was done.
+        // held btrfs back 0.05-0.25 s after coldplug was done.
         let mut loader = kmod::Loader::new(index.clone()).with_async_probe();
         let spawned = std::thread::Builder::new()
             .name("modules-early".into())
