@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use thiserror::Error;
+use zeronode_types::uevent::{Uevent, UeventSocket};
 
 #[derive(Debug, Error)]
 pub enum KmodError {
@@ -372,6 +373,27 @@ pub struct LoadReport {
     pub not_applicable: Vec<String>,
 }
 
+impl LoadReport {
+    /// On the console: counts, failures as warnings, names with
+    /// zeronode.debug.
+    pub fn log(&self, what: &str) {
+        tracing::info!(
+            "{what}: {} loaded, {} failed, {} not for this hardware",
+            self.loaded.len(),
+            self.failed.len(),
+            self.not_applicable.len()
+        );
+        tracing::debug!("{what} loaded: {}", self.loaded.join(" "));
+        tracing::debug!(
+            "{what} not for this hardware: {}",
+            self.not_applicable.join(" ")
+        );
+        for (module, reason) in &self.failed {
+            tracing::warn!("module {module}: {reason}");
+        }
+    }
+}
+
 /// The running CPU's modalias (vendor, family, model and feature numbers),
 /// under /sys.
 const CPU_MODALIAS: &str = "devices/system/cpu/modalias";
@@ -392,13 +414,16 @@ pub struct Loader {
     workers: usize,
     /// What loads one module: `finit`, or a stand-in in tests.
     load_one: LoadOne,
+    /// The kernel's list of modules in (/proc/modules; none in tests).
+    proc_modules: PathBuf,
 }
 
 type LoadOne = fn(&Path, bool) -> Result<(), KmodError>;
 
 impl Loader {
     pub fn new(index: ModuleIndex) -> Self {
-        let loaded = std::fs::read_to_string("/proc/modules")
+        let proc_modules = PathBuf::from("/proc/modules");
+        let loaded = std::fs::read_to_string(&proc_modules)
             .map(|t| live_modules(&t))
             .unwrap_or_default();
         let cpu = std::fs::read_to_string(Path::new("/sys").join(CPU_MODALIAS))
@@ -411,6 +436,7 @@ impl Loader {
             async_probe: false,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             load_one: finit,
+            proc_modules,
         }
     }
 
@@ -438,13 +464,14 @@ impl Loader {
     /// nothing.
     pub fn load_many(&mut self, roots: Vec<String>, report: &mut LoadReport) {
         let (events, heard) = mpsc::channel();
-        self.load_streaming(roots, report, events, heard, None);
+        self.load_streaming(roots, report, events, &heard, None);
     }
 
     /// Loads `fixed` and the drivers of every device in /sys that wants
     /// one, and of every device that shows up meanwhile, until no new
-    /// device has come for a while.
-    pub fn coldplug(&mut self, sys: &Path, fixed: &[String]) -> LoadReport {
+    /// device has come for a while. Returns what came too late for that:
+    /// hand it to [`Loader::hotplug`] so later devices get drivers too.
+    pub fn coldplug(&mut self, sys: &Path, fixed: &[String]) -> (LoadReport, LateDevices) {
         let mut report = LoadReport::default();
         let started = std::time::Instant::now();
         // Loading a bus driver makes devices appear (virtio_pci brings the
@@ -466,6 +493,7 @@ impl Loader {
         roots.extend(devices.drivers(&self.index, aliases));
         let (events, heard) = mpsc::channel();
         let stop = Stop::new();
+        let mut rescan = uevents.is_none() || stop.is_none();
         std::thread::scope(|scope| {
             if let (Some(u), Some(stop)) = (&uevents, &stop) {
                 let events = events.clone();
@@ -475,18 +503,92 @@ impl Loader {
                 sys,
                 devices: &mut devices,
                 // Without the socket, or when it lost events, /sys is read again.
-                rescan: uevents.is_none() || stop.is_none(),
+                rescan: &mut rescan,
             };
-            self.load_streaming(roots, &mut report, events, heard, Some(hotplug));
+            self.load_streaming(roots, &mut report, events, &heard, Some(hotplug));
             if let Some(stop) = &stop {
                 stop.fire();
             }
         });
+        // What the uevent thread read after the last look: not lost, it
+        // is the hotplug listener's first work.
+        let mut pending = Vec::new();
+        for event in heard.try_iter() {
+            match event {
+                Event::Device(alias) => pending.push(alias),
+                Event::Overflow => rescan = true,
+                Event::Loaded(..) => {}
+            }
+        }
         tracing::debug!(
             "coldplug: {} ms scanning /sys, loading and settling",
             started.elapsed().as_millis()
         );
-        report
+        let late = LateDevices {
+            uevents,
+            devices,
+            pending,
+            rescan,
+            sys: sys.to_path_buf(),
+        };
+        (report, late)
+    }
+
+    /// Loads the drivers of devices that come after coldplug, for as long
+    /// as PID 1 runs: a SATA disk found by AHCI's asynchronous port scan
+    /// (sd_mod), a USB stick (usb_storage), a disk or NIC hot-plugged.
+    /// Returns only if the uevent socket fails.
+    pub fn hotplug(&mut self, mut late: LateDevices) {
+        let Some(uevents) = late.uevents.take() else {
+            return tracing::warn!("no uevent socket: devices added from now on get no driver");
+        };
+        let Some(stop) = Stop::new() else { return };
+        let (events, heard) = mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| uevents.forward(&events, &stop));
+            self.serve_hotplug(&mut late, &heard);
+            // serve_hotplug ends only when the forwarder has.
+            stop.fire();
+        });
+        tracing::warn!("the uevent listener stopped: devices added from now on get no driver");
+    }
+
+    /// The loop behind `hotplug`: `heard` carries the uevent thread's
+    /// events; returns once it is closed.
+    fn serve_hotplug(&mut self, late: &mut LateDevices, heard: &mpsc::Receiver<Event>) {
+        let mut aliases = std::mem::take(&mut late.pending);
+        loop {
+            if std::mem::take(&mut late.rescan) {
+                aliases.extend(modaliases(&late.sys));
+            }
+            let found = late.devices.drivers(&self.index, aliases.drain(..));
+            if !found.is_empty() {
+                // Other threads load modules too (the fixed list): what is
+                // in already is not loaded, nor reported, again.
+                if let Ok(t) = std::fs::read_to_string(&self.proc_modules) {
+                    self.loaded.extend(live_modules(&t));
+                }
+                let mut report = LoadReport::default();
+                self.load_many(found, &mut report);
+                if !(report.loaded.is_empty() && report.failed.is_empty()) {
+                    report.log("hotplug");
+                }
+            }
+            match heard.recv() {
+                Ok(Event::Device(alias)) => aliases.push(alias),
+                Ok(Event::Overflow) => late.rescan = true,
+                Ok(Event::Loaded(..)) => {}
+                Err(_) => return,
+            }
+            // A burst (a USB hub and its devices) loads as one plan.
+            for event in heard.try_iter() {
+                match event {
+                    Event::Device(alias) => aliases.push(alias),
+                    Event::Overflow => late.rescan = true,
+                    Event::Loaded(..) => {}
+                }
+            }
+        }
     }
 
     /// The scheduler behind `load_many` and `coldplug`: workers run
@@ -499,7 +601,7 @@ impl Loader {
         roots: Vec<String>,
         report: &mut LoadReport,
         events: mpsc::Sender<Event>,
-        heard: mpsc::Receiver<Event>,
+        heard: &mpsc::Receiver<Event>,
         mut hotplug: Option<Hotplug<'_>>,
     ) {
         let (workers, load_one) = (self.workers, self.load_one);
@@ -544,8 +646,8 @@ impl Loader {
                     waited += t.elapsed();
                     match e {
                         Ok(e) => e,
-                        Err(mpsc::RecvTimeoutError::Timeout) if h.rescan => {
-                            h.rescan = false;
+                        Err(mpsc::RecvTimeoutError::Timeout) if *h.rescan => {
+                            *h.rescan = false;
                             let found = h.devices.drivers(&self.index, modaliases(h.sys));
                             run.add(self, found, report);
                             continue;
@@ -563,7 +665,7 @@ impl Loader {
                     }
                     Event::Overflow => {
                         if let Some(h) = hotplug.as_mut() {
-                            h.rescan = true;
+                            *h.rescan = true;
                         }
                     }
                 }
@@ -603,7 +705,19 @@ struct Hotplug<'a> {
     sys: &'a Path,
     devices: &'a mut Devices,
     /// Read /sys again when things are quiet: uevents were lost or never heard.
+    rescan: &'a mut bool,
+}
+
+/// What coldplug leaves to the hotplug listener: its uevent socket (the
+/// kernel keeps queueing on it in between), the devices it matched, and
+/// what it heard after its last look.
+pub struct LateDevices {
+    uevents: Option<Uevents>,
+    devices: Devices,
+    pending: Vec<String>,
+    /// Events were lost (or never heard): read /sys again first.
     rescan: bool,
+    sys: PathBuf,
 }
 
 /// The devices coldplug has matched, by modalias.
@@ -777,40 +891,29 @@ const UEVENT_IDLE: std::time::Duration = std::time::Duration::from_millis(150);
 /// And the most coldplug waits for it, whatever the hardware keeps saying.
 const UEVENT_SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The kernel's uevent broadcast (NETLINK_KOBJECT_UEVENT).
+/// The kernel's uevent broadcast, as coldplug and hotplug read it.
 pub struct Uevents {
-    fd: std::os::fd::OwnedFd,
+    socket: UeventSocket,
 }
 
 impl Uevents {
     pub fn open() -> nix::Result<Self> {
-        use nix::sys::socket::{
-            bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType,
-        };
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            SockProtocol::NetlinkKObjectUEvent,
-        )?;
-        bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &NetlinkAddr::new(0, 1),
-        )?;
-        Ok(Uevents { fd })
+        Ok(Uevents {
+            socket: UeventSocket::open()?,
+        })
     }
 
     /// Sends the modalias of every device added as an `Event::Device`
     /// until `stop` fires. Other events (a module loaded, a disk's
-    /// partitions, a NIC's net device) need nothing from coldplug, and the
-    /// early module list's loads send a stream of them.
+    /// partitions, a NIC's net device) need no driver, and the early
+    /// module list's loads send a stream of them.
     fn forward(&self, events: &mpsc::Sender<Event>, stop: &Stop) {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        use std::os::fd::{AsFd, AsRawFd};
+        use std::os::fd::AsFd;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let mut fds = [
-                PollFd::new(self.fd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
                 PollFd::new(stop.read.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
@@ -822,13 +925,9 @@ impl Uevents {
                 return;
             }
             loop {
-                let message = match nix::sys::socket::recv(
-                    self.fd.as_raw_fd(),
-                    &mut buf,
-                    nix::sys::socket::MsgFlags::empty(),
-                ) {
-                    Ok(0) | Err(nix::Error::EAGAIN) => break,
-                    Ok(n) => added_modalias(&buf[..n]).map(Event::Device),
+                let message = match self.socket.recv(&mut buf) {
+                    Ok([]) | Err(nix::Error::EAGAIN) => break,
+                    Ok(msg) => added_modalias(msg).map(Event::Device),
                     Err(nix::Error::ENOBUFS) => Some(Event::Overflow),
                     Err(nix::Error::EINTR) => continue,
                     Err(_) => return,
@@ -845,18 +944,8 @@ impl Uevents {
 
 /// The MODALIAS of an `add` uevent (`add@/devices/...\0KEY=value\0...`).
 pub fn added_modalias(msg: &[u8]) -> Option<String> {
-    let mut fields = msg.split(|&b| b == 0);
-    if !fields.next()?.starts_with(b"add@") {
-        return None;
-    }
-    fields
-        .filter_map(|f| f.strip_prefix(b"MODALIAS="))
-        .find_map(|v| {
-            std::str::from_utf8(v)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .map(str::to_string)
-        })
+    let event = Uevent::parse(msg).filter(|e| e.action == "add")?;
+    event.get("MODALIAS").map(str::to_string)
 }
 
 fn finit(path: &Path, async_probe: bool) -> Result<(), KmodError> {
@@ -1004,7 +1093,8 @@ mod tests {
              kernel/crypto/xor.ko:\n\
              kernel/crypto/crc32c_intel.ko:\n\
              kernel/crypto/crc32c_generic.ko:\n\
-             kernel/drivers/usb/storage/usb-storage.ko:\n",
+             kernel/drivers/usb/storage/usb-storage.ko:\n\
+             kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko:\n",
         );
         w(
             "modules.alias",
@@ -1178,6 +1268,7 @@ mod tests {
             async_probe: false,
             workers: 2,
             load_one: finit,
+            proc_modules: PathBuf::new(),
         };
         let mut report = LoadReport::default();
         loader.load_many(
@@ -1224,6 +1315,7 @@ mod tests {
             async_probe: false,
             workers: 2,
             load_one,
+            proc_modules: dir.join("no-proc-modules"),
         }
     }
 
@@ -1274,10 +1366,11 @@ mod tests {
         events
             .send(Event::Device("virtio:d00000001v00001AF4".into()))
             .unwrap();
+        let mut rescan = false;
         let hotplug = Hotplug {
             sys: sys.path(),
             devices: &mut devices,
-            rescan: false,
+            rescan: &mut rescan,
         };
         let mut report = LoadReport::default();
         let t = std::time::Instant::now();
@@ -1285,7 +1378,7 @@ mod tests {
             vec!["bridge".into()],
             &mut report,
             events,
-            heard,
+            &heard,
             Some(hotplug),
         );
         let mut loaded = report.loaded.clone();
@@ -1303,6 +1396,49 @@ mod tests {
         );
         // Done once no device came for UEVENT_IDLE, not at UEVENT_SETTLE_MAX.
         assert!(t.elapsed() < UEVENT_SETTLE_MAX, "{:?}", t.elapsed());
+    }
+
+    /// Loads seen by `recorded_load`, in order.
+    static RECORDED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    fn recorded_load(path: &Path, _: bool) -> Result<(), KmodError> {
+        RECORDED
+            .lock()
+            .unwrap()
+            .push(name_of(&path.to_string_lossy()));
+        Ok(())
+    }
+
+    #[test]
+    fn devices_after_coldplug_get_their_drivers_once() {
+        let dir = fixture();
+        let sys = tempfile::tempdir().unwrap();
+        let mut loader = stand_in(dir.path(), recorded_load);
+        // Coldplug matched the NIC; a USB stick came as it ended (pending),
+        // then, while the node runs, the NIC again (a second port) and a
+        // second stick of the same kind.
+        let mut devices = Devices::default();
+        devices.drivers(&loader.index, ["virtio:d00000001v00001AF4".to_string()]);
+        let mut late = LateDevices {
+            uevents: None,
+            devices,
+            pending: vec!["usb:v1234p5678d0100dc00dsc00dp00ic08isc06ip50in00".into()],
+            rescan: false,
+            sys: sys.path().to_path_buf(),
+        };
+        let (events, heard) = mpsc::channel();
+        for alias in [
+            "virtio:d00000001v00001AF4",
+            "usb:v1234p5678d0100dc00dsc00dp00ic08isc06ip50in00",
+            "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00",
+        ] {
+            events.send(Event::Device(alias.into())).unwrap();
+        }
+        drop(events);
+        loader.serve_hotplug(&mut late, &heard);
+        // usb_storage for the stick that came as coldplug ended, e1000e for
+        // the NIC; nothing twice, and virtio_net not again.
+        assert_eq!(*RECORDED.lock().unwrap(), ["usb_storage", "e1000e"]);
     }
 
     #[test]
@@ -1401,6 +1537,7 @@ mod tests {
             async_probe: false,
             workers: 2,
             load_one: finit,
+            proc_modules: PathBuf::new(),
         };
         let mut report = LoadReport::default();
         loader.load_many(vec!["crc32c_intel".into()], &mut report);

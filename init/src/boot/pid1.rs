@@ -149,7 +149,7 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
             .spawn(move || {
                 let mut report = kmod::LoadReport::default();
                 loader.load_many(early, &mut report);
-                log_report("early module list", &report);
+                report.log("early module list");
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot load the early module list: {e}");
@@ -160,10 +160,19 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
         Err(e) => tracing::warn!("device nodes for on-demand modules: {e}"),
     }
     let t = std::time::Instant::now();
+    let mut hotplug = kmod::Loader::new(index.clone()).with_async_probe();
     let mut loader = kmod::Loader::new(index).with_async_probe();
-    let report = loader.coldplug(Path::new("/sys"), &[]);
+    let (report, late) = loader.coldplug(Path::new("/sys"), &[]);
     tracing::debug!("device drivers loaded in {} ms", t.elapsed().as_millis());
-    log_report("device drivers", &report);
+    report.log("device drivers");
+    // Devices keep coming after coldplug (a SATA disk behind AHCI's
+    // asynchronous port scan, a USB stick): their drivers load as they do.
+    let spawned = std::thread::Builder::new()
+        .name("hotplug".into())
+        .spawn(move || hotplug.hotplug(late));
+    if let Err(e) = spawned {
+        tracing::warn!("no hotplug listener ({e}): devices added from now on get no driver");
+    }
     let list = std::fs::read_to_string("/etc/zeronode/modules-load").unwrap_or_default();
     let mut fixed = loader.cpu_feature_modules(Path::new("/sys"));
     fixed.extend(kmod::parse_load_list(&list));
@@ -174,27 +183,10 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
             let _ = ready.recv();
             let mut report = kmod::LoadReport::default();
             loader.load_many(fixed, &mut report);
-            log_report("CPU features and fixed module list", &report);
+            report.log("CPU features and fixed module list");
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot load the fixed module list: {e}");
-    }
-}
-
-fn log_report(what: &str, report: &kmod::LoadReport) {
-    tracing::info!(
-        "{what}: {} loaded, {} failed, {} not for this hardware",
-        report.loaded.len(),
-        report.failed.len(),
-        report.not_applicable.len()
-    );
-    tracing::debug!("{what} loaded: {}", report.loaded.join(" "));
-    tracing::debug!(
-        "{what} not for this hardware: {}",
-        report.not_applicable.join(" ")
-    );
-    for (module, reason) in &report.failed {
-        tracing::warn!("module {module}: {reason}");
     }
 }
 

@@ -5,3 +5,4 @@ pub mod boot_config;
 pub mod bus;
 pub mod clock;
 pub mod logging;
+pub mod uevent;
