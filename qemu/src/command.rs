@@ -226,6 +226,9 @@ pub fn qemu_command(opts: &NodeOptions, dir: &Path, serial: Serial) -> Result<Co
             &format!("virtio-blk-pci,drive=data{i},serial=zeronode-data{i}"),
         ]);
     }
+    if opts.scsi_hotplug {
+        cmd.args(["-device", "virtio-scsi-pci,id=scsi0"]);
+    }
     for (i, file) in opts.disk_files.iter().enumerate() {
         let format = match file.extension().and_then(|e| e.to_str()) {
             Some("qcow2") => "qcow2",

@@ -58,6 +58,10 @@ struct Args {
     /// Another initramfs, e.g. out/image/baseline-initramfs.img.
     #[arg(long)]
     initrd: Option<PathBuf>,
+    /// Add an empty virtio-scsi controller (id scsi0) to hot-plug disks
+    /// into through the QMP socket (blockdev-add, then device_add scsi-hd).
+    #[arg(long)]
+    scsi_hotplug: bool,
 }
 
 fn main() -> ExitCode {
@@ -88,6 +92,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         echo: !to_file,
         udp_nics: Vec::new(),
         forwards: a.forwards,
+        scsi_hotplug: a.scsi_hotplug,
     };
     let started = Instant::now();
     if let Some(secs) = a.wait_ready {

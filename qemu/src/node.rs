@@ -47,6 +47,9 @@ pub struct NodeOptions {
     /// More TCP ports forwarded from 127.0.0.1 into the guest beside the
     /// API port (e.g. the shard store's RESP port, for several nodes).
     pub forwards: Vec<Forward>,
+    /// An empty virtio-scsi controller (`scsi0`) to hot-plug disks into
+    /// while the node runs (`Node::hot_plug_disk`).
+    pub scsi_hotplug: bool,
 }
 
 /// Host port `host` on 127.0.0.1 forwarded to the guest's port `guest`.
@@ -99,6 +102,7 @@ impl NodeOptions {
             echo: false,
             udp_nics: Vec::new(),
             forwards: Vec::new(),
+            scsi_hotplug: false,
         }
     }
 }
@@ -327,6 +331,31 @@ impl Node {
         arguments: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, NodeError> {
         Ok(qmp::execute(&self.qmp_socket(), command, arguments)?)
+    }
+
+    /// Plugs the raw disk image `file` into the running node as a SCSI disk
+    /// with serial `serial` (needs `NodeOptions::scsi_hotplug`), as a disk
+    /// plugged into a running machine, or found late by its controller.
+    pub fn hot_plug_disk(&self, file: &Path, serial: &str) -> Result<(), NodeError> {
+        let node = format!("hot-{serial}");
+        self.qmp(
+            "blockdev-add",
+            Some(serde_json::json!({
+                "driver": "raw",
+                "node-name": node,
+                "file": { "driver": "file", "filename": file },
+            })),
+        )?;
+        self.qmp(
+            "device_add",
+            Some(serde_json::json!({
+                "driver": "scsi-hd",
+                "bus": "scsi0.0",
+                "drive": node,
+                "serial": serial,
+            })),
+        )
+        .map(|_| ())
     }
 
     /// The ACPI power button (QMP `system_powerdown`).

@@ -134,9 +134,12 @@ fn file_hash(path: &Path) -> Result<blake3::Hash, String> {
     Ok(h.finalize())
 }
 
-/// Two blank disks become two pools; the host writes a marker into each;
-/// the next boot reuses both pools (none formatted), keeps the node id, and
-/// the markers are intact afterwards.
+/// Two blank disks become two pools; a third, plugged in once the node
+/// runs, on a SCSI controller that had no disk (so its driver, sd_mod, is
+/// not in yet: as a SATA or USB disk that comes after coldplug), becomes a
+/// pool too; the host writes a marker into each of the first two; the next
+/// boot reuses all three pools (none formatted), keeps the node id, and the
+/// markers are intact afterwards.
 pub fn pools_and_node_id_survive_a_reboot() -> Check {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let disks: Vec<PathBuf> = (0..2)
@@ -145,8 +148,27 @@ pub fn pools_and_node_id_survive_a_reboot() -> Check {
     for d in &disks {
         blank_disk(d, 1024)?;
     }
-    let o = node_with(&disks, None);
+    let late = dir.path().join("late.raw");
+    blank_disk(&late, 1024)?;
+    let mut o = node_with(&disks, None);
+    o.scsi_hotplug = true;
     let (mut node, first) = boot_and_read(&o)?;
+    node.hot_plug_disk(&late, "zeronode-late")
+        .map_err(|e| format!("hot-plugging a disk: {e}"))?;
+    let line = node
+        .find_or_wait_for_line(
+            "the hot-plugged disk pooled (late disk sd..: pool ... is in service)",
+            Duration::from_secs(120),
+            |l| l.contains("late disk sd") && l.contains("is in service"),
+        )
+        .map_err(|e| e.to_string())?;
+    eprintln!("    {}", line.trim());
+    let late_pool = line
+        .split("pool ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_default()
+        .to_string();
     let lease = wait_for_lease(&mut node)?;
     eprintln!("    {}", lease.trim());
     for l in first
@@ -171,13 +193,18 @@ pub fn pools_and_node_id_survive_a_reboot() -> Check {
             .map_err(|e| e.to_string())?;
     }
 
-    let (node, second) = boot_and_read(&o)?;
+    // The late disk is there from the start this time.
+    let all: Vec<PathBuf> = disks.iter().cloned().chain([late]).collect();
+    let (node, second) = boot_and_read(&node_with(&all, None))?;
     power_off(node)?;
     let mut reused = second.reused.clone();
     reused.sort();
-    ensure(second.formatted.is_empty() && reused == formatted, || {
+    let mut expected = formatted.clone();
+    expected.push(late_pool);
+    expected.sort();
+    ensure(second.formatted.is_empty() && reused == expected, || {
         format!(
-            "second boot: expected pools {formatted:?} reused, none formatted:\n{}",
+            "second boot: expected pools {expected:?} reused, none formatted:\n{}",
             second.console
         )
     })?;

@@ -1,6 +1,6 @@
 //! org.zeronode.Storage1: pools, disks, cache and volumes over D-Bus.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 use zbus::zvariant::Type;
@@ -87,10 +87,11 @@ impl From<StorageError> for BusError {
     }
 }
 
-/// The served object; clones share the node's state.
+/// The served object; clones share the node's state, which grows when a
+/// disk comes late (see `node::add_late_disk`).
 #[derive(Clone)]
 pub struct StorageService {
-    node: Arc<Node>,
+    node: Arc<RwLock<Node>>,
     /// Volume changes one at a time, so two creates of one name cannot race.
     volume_lock: Arc<Mutex<()>>,
 }
@@ -98,9 +99,18 @@ pub struct StorageService {
 impl StorageService {
     pub fn new(node: Node) -> Self {
         StorageService {
-            node: Arc::new(node),
+            node: Arc::new(RwLock::new(node)),
             volume_lock: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// The node's state, for the late-disk listener to add to.
+    pub fn node(&self) -> Arc<RwLock<Node>> {
+        self.node.clone()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Node> {
+        read_node(&self.node)
     }
 
     /// Runs a blocking volume operation off the async executor.
@@ -112,12 +122,18 @@ impl StorageService {
         let lock = self.volume_lock.clone();
         tokio::task::spawn_blocking(move || {
             let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-            f(&node)
+            f(&read_node(&node))
         })
         .await
         .map_err(|e| BusError::Failed(format!("volume task: {e}")))?
         .map_err(BusError::from)
     }
+}
+
+/// The node's state for reading; a writer that panicked left it whole
+/// (it only pushes finished pools and reports).
+pub fn read_node(node: &RwLock<Node>) -> RwLockReadGuard<'_, Node> {
+    node.read().unwrap_or_else(|p| p.into_inner())
 }
 
 pub fn pool_infos(node: &Node) -> Result<Vec<PoolInfo>, StorageError> {
@@ -172,12 +188,12 @@ impl StorageService {
 
     /// Every disk seen, pooled or left alone, with the reason.
     async fn disks(&self) -> Vec<DiskInfo> {
-        disk_infos(&self.node)
+        disk_infos(&self.read())
     }
 
     /// Where the node cache is and whether it survives a reboot.
     async fn cache(&self) -> CacheInfo {
-        let c = &self.node.cache;
+        let c = &self.read().cache;
         CacheInfo {
             path: c.path.display().to_string(),
             pool: c.pool.clone().unwrap_or_default(),

@@ -7,6 +7,7 @@
 pub mod btrfs;
 pub mod dbus;
 pub mod error;
+pub mod late_disks;
 pub mod mounts;
 pub mod node;
 pub mod probe;

@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 use zeronode_storage::dbus::{StorageService, OBJECT_PATH};
 use zeronode_storage::sysfs::Sysfs;
-use zeronode_storage::{bring_up, btrfs, Config};
+use zeronode_storage::{bring_up, btrfs, late_disks, Config};
+use zeronode_types::uevent::UeventSocket;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "ZeroNode storage: disks, pools, node cache, volumes")]
@@ -75,6 +76,16 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         wipe: boot.wipe,
         mkfs: btrfs::find_mkfs(args.mkfs_btrfs.as_deref()),
     };
+    // Listening before /sys is scanned: a disk that comes during bring-up
+    // or any time later is announced here (see late_disks).
+    let uevents = match config.devices {
+        Some(_) => None,
+        None => UeventSocket::open()
+            .map_err(|e| {
+                tracing::warn!("no uevent socket ({e}): disks that come later are not pooled")
+            })
+            .ok(),
+    };
     let node = bring_up(&config).context("bringing the disks up")?;
     let ms = started.elapsed().as_millis();
     let cache_on = node.cache.pool.clone().unwrap_or_else(|| "tmpfs".into());
@@ -92,9 +103,18 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
-        let server =
-            zeronode_types::bus::serve(&args.socket, OBJECT_PATH, StorageService::new(node))
-                .with_context(|| format!("serving D-Bus on {}", args.socket.display()))?;
+        let service = StorageService::new(node);
+        if let Some(uevents) = uevents {
+            let (config, node) = (config.clone(), service.node());
+            let spawned = std::thread::Builder::new()
+                .name("late-disks".into())
+                .spawn(move || late_disks::watch(config, uevents, node));
+            if let Err(e) = spawned {
+                tracing::warn!("cannot watch for disks that come later: {e}");
+            }
+        }
+        let server = zeronode_types::bus::serve(&args.socket, OBJECT_PATH, service)
+            .with_context(|| format!("serving D-Bus on {}", args.socket.display()))?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("SIGTERM handler")?;
         tokio::select! {

@@ -7,8 +7,10 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use crate::btrfs;
+use crate::dbus::read_node;
 use crate::error::{io, Result, StorageError};
 use crate::mounts;
 use crate::probe::{self, Content, MIB};
@@ -142,20 +144,7 @@ pub fn bring_up(cfg: &Config) -> Result<Node> {
     let mut pools: Vec<Pool> = Vec::new();
     let mut reports = Vec::new();
     for (disk, outcome) in disks.into_iter().zip(outcomes) {
-        let state = match outcome {
-            Ok(Outcome::Pooled(pool, state)) => {
-                pools.push(pool);
-                state
-            }
-            Ok(Outcome::Left(reason)) => {
-                tracing::info!("{}: left alone: {reason}", disk.dev.display());
-                DiskState::LeftAlone(reason)
-            }
-            Err(e) => {
-                tracing::error!("{}: {e}", disk.dev.display());
-                DiskState::Failed(e.to_string())
-            }
-        };
+        let state = settle(&disk, outcome, &mut pools);
         reports.push(DiskReport { disk, state });
     }
     let cache = setup_cache(cfg, &pools, &mut warnings)?;
@@ -165,6 +154,65 @@ pub fn bring_up(cfg: &Config) -> Result<Node> {
         cache,
         warnings,
     })
+}
+
+/// A disk that came after bring-up (hot-plugged, or announced late by its
+/// controller: a SATA disk behind AHCI's asynchronous port scan, a USB
+/// disk): the boot's policy, then it joins `node`. The cache stays where
+/// bring-up put it. None when the disk is known already (or gone).
+pub fn add_late_disk(cfg: &Config, node: &RwLock<Node>, name: &str) -> Option<DiskState> {
+    let known = |n: &Node| n.disks.iter().any(|r| r.disk.name == name);
+    if known(&read_node(node)) {
+        return None;
+    }
+    let disk = match cfg.sysfs.disk(name) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("late disk {name}: {e}");
+            return None;
+        }
+    };
+    let wipe = cfg.wipe.iter().any(|r| disk.matches(r));
+    let outcome = survey(&disk).and_then(|survey| match survey {
+        Survey::Holds(Content::Pool { label })
+            if read_node(node).pools.iter().any(|p| p.label == label) =>
+        {
+            Ok(Outcome::Left(format!(
+                "ZeroNode pool {label} is already mounted from another disk (a copy?)"
+            )))
+        }
+        Survey::Left(reason) => Ok(Outcome::Left(reason)),
+        Survey::Holds(content) => bring_up_disk(cfg, &disk, wipe, content),
+    });
+    let mut n = node.write().unwrap_or_else(|p| p.into_inner());
+    if known(&n) {
+        return None;
+    }
+    let state = settle(&disk, outcome, &mut n.pools);
+    n.disks.push(DiskReport {
+        disk,
+        state: state.clone(),
+    });
+    Some(state)
+}
+
+/// A disk's outcome as its report says it: a pool joins `pools`; being
+/// left alone or failing is logged.
+fn settle(disk: &Disk, outcome: Result<Outcome>, pools: &mut Vec<Pool>) -> DiskState {
+    match outcome {
+        Ok(Outcome::Pooled(pool, state)) => {
+            pools.push(pool);
+            state
+        }
+        Ok(Outcome::Left(reason)) => {
+            tracing::info!("{}: left alone: {reason}", disk.dev.display());
+            DiskState::LeftAlone(reason)
+        }
+        Err(e) => {
+            tracing::error!("{}: {e}", disk.dev.display());
+            DiskState::Failed(e.to_string())
+        }
+    }
 }
 
 enum Outcome {

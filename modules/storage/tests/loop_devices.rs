@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use common::{hash_file, make_ext4, LoopDisk, Scratch};
+use zeronode_storage::node::add_late_disk;
 use zeronode_storage::probe::{self, Content};
 use zeronode_storage::sysfs::Sysfs;
 use zeronode_storage::{bring_up, btrfs, mounts, volumes, Config, DiskState};
@@ -507,4 +508,41 @@ fn a_mounted_disk_named_in_wipe_is_refused_by_the_kernel() {
         probe::probe(&disk.dev, 200 << 20).unwrap(),
         Content::Foreign { what, .. } if what.contains("ext4")
     ));
+}
+
+#[test]
+fn a_disk_that_comes_late_becomes_a_pool_once_and_the_cache_stays() {
+    let scratch = Scratch::new();
+    let first = LoopDisk::new(&scratch.path().join("first.img"), 256);
+    let cfg = config(&scratch, vec![first.dev.clone()], &[]);
+    let node = std::sync::RwLock::new(bring_up(&cfg).unwrap());
+    let cache_pool = node.read().unwrap().cache.pool.clone();
+    assert!(cache_pool.is_some());
+
+    let late = LoopDisk::new(&scratch.path().join("late.img"), 256);
+    let name = late.dev.file_name().unwrap().to_str().unwrap().to_string();
+    let state = add_late_disk(&cfg, &node, &name).expect("a new disk is taken");
+    let DiskState::Pool {
+        label,
+        formatted: true,
+        ..
+    } = state
+    else {
+        panic!("late disk not pooled: {state:?}");
+    };
+    {
+        let n = node.read().unwrap();
+        assert_eq!(n.pools.len(), 2);
+        let pool = n.pools.iter().find(|p| p.label == label).unwrap();
+        let m = mounts::mounted_at(&pool.mount_point).unwrap().unwrap();
+        assert_eq!(m.fs_type, "btrfs");
+        // Volumes may go there; the cache stays where bring-up put it.
+        assert_eq!(n.cache.pool, cache_pool);
+        assert_eq!(n.disks.len(), 2);
+    }
+    // Announced twice (a rescan after lost events): nothing happens again.
+    assert_eq!(add_late_disk(&cfg, &node, &name), None);
+    assert_eq!(node.read().unwrap().pools.len(), 2);
+    // A disk that is gone again by the time it is looked at is skipped.
+    assert_eq!(add_late_disk(&cfg, &node, "loop-gone"), None);
 }
