@@ -545,10 +545,11 @@ impl Loader {
         let Some(stop) = Stop::new() else { return };
         let (events, heard) = mpsc::channel();
         std::thread::scope(|scope| {
-            scope.spawn(|| uevents.forward(&events, &stop));
+            let stop = &stop;
+            // The forwarder owns the only sender: serve_hotplug returns
+            // once the forwarder has ended.
+            scope.spawn(move || uevents.forward(&events, stop));
             self.serve_hotplug(&mut late, &heard);
-            // serve_hotplug ends only when the forwarder has.
-            stop.fire();
         });
         tracing::warn!("the uevent listener stopped: devices added from now on get no driver");
     }
