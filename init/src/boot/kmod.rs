@@ -510,27 +510,20 @@ impl Loader {
                 stop.fire();
             }
         });
+        let mut late = LateDevices {
+            uevents,
+            devices,
+            pending: Vec::new(),
+            rescan,
+            sys: sys.to_path_buf(),
+        };
         // What the uevent thread read after the last look: not lost, it
         // is the hotplug listener's first work.
-        let mut pending = Vec::new();
-        for event in heard.try_iter() {
-            match event {
-                Event::Device(alias) => pending.push(alias),
-                Event::Overflow => rescan = true,
-                Event::Loaded(..) => {}
-            }
-        }
+        heard.try_iter().for_each(|e| late.hear(e));
         tracing::debug!(
             "coldplug: {} ms scanning /sys, loading and settling",
             started.elapsed().as_millis()
         );
-        let late = LateDevices {
-            uevents,
-            devices,
-            pending,
-            rescan,
-            sys: sys.to_path_buf(),
-        };
         (report, late)
     }
 
@@ -557,12 +550,11 @@ impl Loader {
     /// The loop behind `hotplug`: `heard` carries the uevent thread's
     /// events; returns once it is closed.
     fn serve_hotplug(&mut self, late: &mut LateDevices, heard: &mpsc::Receiver<Event>) {
-        let mut aliases = std::mem::take(&mut late.pending);
         loop {
             if std::mem::take(&mut late.rescan) {
-                aliases.extend(modaliases(&late.sys));
+                late.pending.extend(modaliases(&late.sys));
             }
-            let found = late.devices.drivers(&self.index, aliases.drain(..));
+            let found = late.devices.drivers(&self.index, late.pending.drain(..));
             if !found.is_empty() {
                 // Other threads load modules too (the fixed list): what is
                 // in already is not loaded, nor reported, again.
@@ -576,19 +568,11 @@ impl Loader {
                 }
             }
             match heard.recv() {
-                Ok(Event::Device(alias)) => aliases.push(alias),
-                Ok(Event::Overflow) => late.rescan = true,
-                Ok(Event::Loaded(..)) => {}
+                Ok(event) => late.hear(event),
                 Err(_) => return,
             }
             // A burst (a USB hub and its devices) loads as one plan.
-            for event in heard.try_iter() {
-                match event {
-                    Event::Device(alias) => aliases.push(alias),
-                    Event::Overflow => late.rescan = true,
-                    Event::Loaded(..) => {}
-                }
-            }
+            heard.try_iter().for_each(|e| late.hear(e));
         }
     }
 
@@ -719,6 +703,17 @@ pub struct LateDevices {
     /// Events were lost (or never heard): read /sys again first.
     rescan: bool,
     sys: PathBuf,
+}
+
+impl LateDevices {
+    /// Notes what the uevent thread sent, for the next plan.
+    fn hear(&mut self, event: Event) {
+        match event {
+            Event::Device(alias) => self.pending.push(alias),
+            Event::Overflow => self.rescan = true,
+            Event::Loaded(..) => {}
+        }
+    }
 }
 
 /// The devices coldplug has matched, by modalias.

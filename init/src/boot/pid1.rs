@@ -160,7 +160,7 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
         Err(e) => tracing::warn!("device nodes for on-demand modules: {e}"),
     }
     let t = std::time::Instant::now();
-    let mut hotplug = kmod::Loader::new(index.clone()).with_async_probe();
+    let hotplug_index = index.clone();
     let mut loader = kmod::Loader::new(index).with_async_probe();
     let (report, late) = loader.coldplug(Path::new("/sys"), &[]);
     tracing::debug!("device drivers loaded in {} ms", t.elapsed().as_millis());
@@ -169,7 +169,11 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
     // asynchronous port scan, a USB stick): their drivers load as they do.
     let spawned = std::thread::Builder::new()
         .name("hotplug".into())
-        .spawn(move || hotplug.hotplug(late));
+        .spawn(move || {
+            kmod::Loader::new(hotplug_index)
+                .with_async_probe()
+                .hotplug(late)
+        });
     if let Err(e) = spawned {
         tracing::warn!("no hotplug listener ({e}): devices added from now on get no driver");
     }

@@ -109,9 +109,7 @@ pub fn bring_up(cfg: &Config) -> Result<Node> {
         .iter()
         .map(|disk| match survey(disk)? {
             Survey::Holds(Content::Pool { label }) if !seen.insert(label.clone()) => {
-                Ok(Survey::Left(format!(
-                    "ZeroNode pool {label} is already mounted from another disk (a copy?)"
-                )))
+                Ok(Survey::Left(copy_of_a_mounted_pool(&label)))
             }
             other => Ok(other),
         })
@@ -177,23 +175,24 @@ pub fn add_late_disk(cfg: &Config, node: &RwLock<Node>, name: &str) -> Option<Di
         Survey::Holds(Content::Pool { label })
             if read_node(node).pools.iter().any(|p| p.label == label) =>
         {
-            Ok(Outcome::Left(format!(
-                "ZeroNode pool {label} is already mounted from another disk (a copy?)"
-            )))
+            Ok(Outcome::Left(copy_of_a_mounted_pool(&label)))
         }
         Survey::Left(reason) => Ok(Outcome::Left(reason)),
         Survey::Holds(content) => bring_up_disk(cfg, &disk, wipe, content),
     });
+    // One watcher calls this: nobody added the disk meanwhile.
     let mut n = node.write().unwrap_or_else(|p| p.into_inner());
-    if known(&n) {
-        return None;
-    }
     let state = settle(&disk, outcome, &mut n.pools);
     n.disks.push(DiskReport {
         disk,
         state: state.clone(),
     });
     Some(state)
+}
+
+/// Why a second disk holding an already mounted pool is left alone.
+fn copy_of_a_mounted_pool(label: &str) -> String {
+    format!("ZeroNode pool {label} is already mounted from another disk (a copy?)")
 }
 
 /// A disk's outcome as its report says it: a pool joins `pools`; being
