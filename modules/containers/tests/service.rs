@@ -224,11 +224,18 @@ async fn containers_over_dbus() {
     .to_string();
     p.create(&chatty).await.unwrap();
     let logs_dir = dir.path().join("state/logs");
-    eventually(Duration::from_secs(20), "chatty's log rotated", || async {
-        let cur = std::fs::metadata(logs_dir.join("chatty.log")).ok()?.len();
-        let old = std::fs::metadata(logs_dir.join("chatty.log.1")).ok()?.len();
-        (cur <= 8192 && old <= 8192).then_some(())
-    })
+    // Rotated, and all written: the first rotation comes long before the
+    // last line, and a read in between missed it (seen once in CI).
+    eventually(
+        Duration::from_secs(20),
+        "chatty's log rotated and complete",
+        || async {
+            let cur = std::fs::read_to_string(logs_dir.join("chatty.log")).ok()?;
+            let old = std::fs::read_to_string(logs_dir.join("chatty.log.1")).ok()?;
+            let done = cur.contains("last-line") || old.contains("last-line");
+            (cur.len() <= 8192 && old.len() <= 8192 && done).then_some(())
+        },
+    )
     .await;
     let l = p.logs("chatty", 1 << 20).await.unwrap();
     assert!(
