@@ -3,7 +3,6 @@
 //! stop every service in reverse dependency order and say which power
 //! action was asked for.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -158,11 +157,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<PowerAction> {
 /// How long output of stopped services may still arrive.
 const LOG_DRAIN: Duration = Duration::from_millis(200);
 
-/// The one line that says the node is up. Written in one call; a console
-/// that fails is not a reason to stop.
+/// The one line that says the node is up. A console that fails is not a
+/// reason to stop.
 fn say_ready(clock: &ReadyClock) {
-    let line = format!("zeronode: ready in {} ms\n", clock.elapsed_ms());
-    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    crate::boot::logging::say(&format!("zeronode: ready in {} ms", clock.elapsed_ms()));
     // What the supervisor costs the node, for operators and the boot benchmark.
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         let field = |key: &str| {

@@ -10,6 +10,24 @@ use std::sync::Arc;
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
+/// A status line for the person at the console (`zeronode: ready in N ms`,
+/// `zeronode: boot stopped: ...`), written in one call and then drained:
+/// the serial driver sends a tty write from its buffer while the kernel
+/// prints its own messages (and the kmsg records it echoes) straight to the
+/// port, so an undrained line can be cut in two by the next one. Draining
+/// also gets the line out before a power-off. Not a terminal (tests, a pipe):
+/// nothing to drain.
+pub fn say(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(format!("{line}\n").as_bytes());
+    let _ = out.flush();
+    drain_console(&out);
+}
+
+fn drain_console(out: &io::StdoutLock<'_>) {
+    let _ = nix::sys::termios::tcdrain(out);
+}
+
 /// Process mode: plain lines on stderr.
 pub fn init_stderr() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -60,6 +78,10 @@ impl tracing_subscriber::fmt::time::FormatTime for SinceBoot {
     }
 }
 
+/// Warnings and errors: kmsg records the image's `loglevel=4` lets the
+/// kernel print to the console too. Rare lines, so draining costs nothing.
+const ECHOED_PRIORITY: u8 = 4;
+
 #[derive(Clone)]
 struct ConsoleAndKmsg {
     kmsg: Option<Arc<File>>,
@@ -100,6 +122,10 @@ impl Write for LineWriter {
         let _ = out.write_all(b"zeronode-init: ");
         let _ = out.write_all(buf);
         let _ = out.flush();
+        if self.priority <= ECHOED_PRIORITY {
+            // The kernel echoes this record to the console: let ours go first.
+            drain_console(&out);
+        }
         if let Some(kmsg) = &self.kmsg {
             // One write is one kmsg record; a failed log write is not worth failing for.
             let mut record = format!("<{}>zeronode-init: ", self.priority).into_bytes();

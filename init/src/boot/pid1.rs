@@ -197,7 +197,7 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
 /// The boot cannot go on. Say why where a person looks, then wait: PID 1
 /// must not exit, and a loop of reboots would scroll the reason away.
 fn halt(reason: &str) -> ! {
-    println!("zeronode: boot stopped: {reason}");
+    logging::say(&format!("zeronode: boot stopped: {reason}"));
     tracing::error!("boot stopped: {reason}");
     loop {
         nix::unistd::pause();

@@ -11,6 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::logging::say;
 use super::mounts;
 use crate::run::PowerAction;
 
@@ -22,22 +23,22 @@ pub fn finish(action: PowerAction) -> ! {
     nix::unistd::sync();
     let (unmounted, read_only) = unmount_all();
     nix::unistd::sync();
-    println!(
+    say(&format!(
         "zeronode: filesystems unmounted ({unmounted} unmounted, {read_only} remounted read-only)"
-    );
+    ));
     let mode = match action {
         PowerAction::Reboot => {
-            println!("zeronode: rebooting");
+            say("zeronode: rebooting");
             RebootMode::RB_AUTOBOOT
         }
         PowerAction::PowerOff => {
-            println!("zeronode: powering off");
+            say("zeronode: powering off");
             RebootMode::RB_POWER_OFF
         }
     };
     let err = reboot(mode).err();
     // Only reached if the kernel refused; PID 1 must not exit, so wait here.
-    println!("zeronode: {action:?} failed ({err:?}); halted");
+    say(&format!("zeronode: {action:?} failed ({err:?}); halted"));
     loop {
         nix::unistd::pause();
     }
