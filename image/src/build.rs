@@ -12,7 +12,7 @@ use crate::cpio::{self, Entry};
 use crate::error::{io, run, Result};
 use crate::kernel::{self, UnpackedKernel};
 use crate::manifest::{Artifact, Manifest};
-use crate::{compress, elf, fat, gpt, kmod, squashfs, uki};
+use crate::{compress, elf, fat, gpt, kmod, pvh, squashfs, uki};
 
 pub struct Inputs {
     pub config: PathBuf,
@@ -29,6 +29,7 @@ pub struct Inputs {
 /// The artifacts in manifest order.
 pub const ARTIFACTS: &[&str] = &[
     "vmlinuz",
+    "vmlinux",
     "initramfs.img",
     "cmdline",
     "boot.ipxe",
@@ -128,6 +129,10 @@ pub fn build(inp: &Inputs) -> Result<Manifest> {
     write(&inp.out.join("cmdline"), format!("{cmdline}\n").as_bytes())?;
     let vmlinuz = inp.out.join("vmlinuz");
     std::fs::copy(src.kernel.vmlinuz(), &vmlinuz).map_err(io("copying", src.kernel.vmlinuz()))?;
+    step("kernel ELF for direct boot", || {
+        let bzimage = std::fs::read(&vmlinuz).map_err(io("reading", &vmlinuz))?;
+        write(&inp.out.join("vmlinux"), &pvh::vmlinux(&bzimage)?)
+    })?;
     write(
         &inp.out.join("boot.ipxe"),
         format!(

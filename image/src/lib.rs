@@ -12,6 +12,7 @@ pub mod gpt;
 pub mod kernel;
 pub mod kmod;
 pub mod manifest;
+pub mod pvh;
 pub mod squashfs;
 pub mod uki;
 

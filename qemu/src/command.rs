@@ -17,7 +17,8 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Boot {
-    /// `-kernel vmlinuz -initrd initramfs.img -append <cmdline>`.
+    /// `-kernel vmlinux -initrd initramfs.img -append <cmdline>` (vmlinuz
+    /// for an image without vmlinux).
     Direct,
     /// OVMF firmware booting the USB-stick image's EFI/BOOT/BOOTX64.EFI.
     Uefi,
@@ -90,6 +91,13 @@ fn cmdline(opts: &NodeOptions) -> Result<String, NodeError> {
     Ok(line)
 }
 
+/// The kernel for a direct boot: the ELF one, which QEMU starts at its PVH
+/// entry, skipping the bzImage's decompression in emulated code (about 5 s
+/// of every boot under TCG); the bzImage for an image built without it.
+fn direct_kernel(opts: &NodeOptions) -> Result<PathBuf, NodeError> {
+    need(opts, "vmlinux").or_else(|_| need(opts, "vmlinuz"))
+}
+
 fn initrd(opts: &NodeOptions) -> Result<PathBuf, NodeError> {
     match &opts.initrd {
         Some(p) if p.exists() => Ok(p.clone()),
@@ -140,7 +148,7 @@ pub fn qemu_command(opts: &NodeOptions, dir: &Path, serial: Serial) -> Result<Co
     let mut nic = String::from("virtio-net-pci,netdev=n0");
     match opts.boot {
         Boot::Direct => {
-            cmd.arg("-kernel").arg(need(opts, "vmlinuz")?);
+            cmd.arg("-kernel").arg(direct_kernel(opts)?);
             cmd.arg("-initrd").arg(initrd(opts)?);
             cmd.arg("-append").arg(cmdline(opts)?);
         }
@@ -346,6 +354,10 @@ mod tests {
         o.disks = 2;
         let c = format!("{:?}", qemu_command(&o, run.path(), Serial::Stdio).unwrap());
         assert!(c.contains("\"console=ttyS0 zeronode.debug\""), "{c}");
+        assert!(
+            c.contains("/vmlinuz\" \"-initrd"),
+            "no vmlinux: the bzImage: {c}"
+        );
         assert!(c.contains("hostfwd=tcp:127.0.0.1:18443-:8443"), "{c}");
         assert!(c.contains("hostfwd=tcp:127.0.0.1:19900-:9900"), "{c}");
         assert!(c.contains("\"-accel\" \"tcg\""), "{c}");
@@ -378,6 +390,20 @@ mod tests {
             c.contains(&format!("tftp={},", img.path().display())),
             "{c}"
         );
+    }
+
+    #[test]
+    fn direct_boot_prefers_the_elf_kernel() {
+        let img = image_dir();
+        std::fs::write(img.path().join("vmlinux"), "\x7fELF").unwrap();
+        let run = tempfile::tempdir().unwrap();
+        let o = NodeOptions::new(img.path(), Boot::Direct);
+        let c = format!("{:?}", qemu_command(&o, run.path(), Serial::Stdio).unwrap());
+        assert!(c.contains("/vmlinux\" \"-initrd"), "{c}");
+        // PXE and UEFI boot what hardware boots.
+        let o = NodeOptions::new(img.path(), Boot::Pxe);
+        let c = format!("{:?}", qemu_command(&o, run.path(), Serial::Stdio).unwrap());
+        assert!(!c.contains("vmlinux"), "{c}");
     }
 
     #[test]

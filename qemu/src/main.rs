@@ -17,7 +17,7 @@ struct Args {
     /// The directory scripts/build-image wrote.
     #[arg(long, default_value = "out/image")]
     image: PathBuf,
-    /// direct, uefi or pxe.
+    /// direct (-kernel vmlinux, or vmlinuz if the image has no vmlinux), uefi or pxe.
     #[arg(long, default_value = "direct")]
     boot: Boot,
     /// Blank virtio disks to attach.

@@ -18,7 +18,7 @@ use zeronode_vms::{Accel, Config, Manager};
 struct Args {
     #[arg(long, default_value = "/usr/bin/qemu-system-x86_64")]
     qemu: PathBuf,
-    /// QEMU's firmware directory (-L): bios-256k.bin, linuxboot_dma.bin.
+    /// QEMU's firmware directory (-L): bios-256k.bin, linuxboot_dma.bin, pvh.bin.
     #[arg(long)]
     firmware_dir: Option<PathBuf>,
     /// auto (KVM when /dev/kvm works, TCG otherwise), kvm or tcg.

@@ -48,7 +48,7 @@ impl std::str::FromStr for Accel {
 pub struct Config {
     /// qemu-system-x86_64.
     pub qemu: PathBuf,
-    /// `-L`: where QEMU finds bios-256k.bin and linuxboot_dma.bin; None
+    /// `-L`: where QEMU finds bios-256k.bin, linuxboot_dma.bin and pvh.bin; None
     /// for QEMU's built-in path.
     pub firmware_dir: Option<PathBuf>,
     pub accel: Accel,

@@ -47,7 +47,7 @@ pub struct Launch {
     pub nic: Option<(String, String)>,
     pub serial_log: PathBuf,
     pub qmp_socket: PathBuf,
-    /// Where bios-256k.bin and linuxboot_dma.bin are (`-L`).
+    /// Where bios-256k.bin, linuxboot_dma.bin and pvh.bin are (`-L`).
     pub firmware_dir: Option<PathBuf>,
 }
 

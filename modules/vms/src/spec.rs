@@ -27,7 +27,8 @@ pub const DEFAULT_DISK_FILE: &str = "disk.raw";
 pub struct VmSpec {
     /// 1-64 of `[a-z0-9_.-]`, starting with a letter or digit; unique on the node.
     pub name: String,
-    /// Direct kernel boot: the kernel (bzImage) ...
+    /// Direct kernel boot: the kernel (a bzImage, or an ELF vmlinux with a
+    /// PVH entry, which boots without decompressing itself) ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<Source>,
     /// ... its initrd ...
