@@ -350,10 +350,21 @@ impl Node {
             "device_add",
             Some(serde_json::json!({
                 "driver": "scsi-hd",
+                "id": format!("disk-{serial}"),
                 "bus": "scsi0.0",
                 "drive": node,
                 "serial": serial,
             })),
+        )
+        .map(|_| ())
+    }
+
+    /// Pulls the disk `hot_plug_disk` plugged in with `serial` out of the
+    /// running node (QMP device_del), as a person unplugging it would.
+    pub fn unplug_disk(&self, serial: &str) -> Result<(), NodeError> {
+        self.qmp(
+            "device_del",
+            Some(serde_json::json!({ "id": format!("disk-{serial}") })),
         )
         .map(|_| ())
     }

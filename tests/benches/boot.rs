@@ -161,6 +161,7 @@ fn main() {
     println!("\nartifacts");
     for name in [
         "vmlinuz",
+        "vmlinux",
         "initramfs.img",
         "zeronode.efi",
         "zeronode.img",

@@ -137,9 +137,9 @@ fn file_hash(path: &Path) -> Result<blake3::Hash, String> {
 /// Two blank disks become two pools; a third, plugged in once the node
 /// runs, on a SCSI controller that had no disk (so its driver, sd_mod, is
 /// not in yet: as a SATA or USB disk that comes after coldplug), becomes a
-/// pool too; the host writes a marker into each of the first two; the next
-/// boot reuses all three pools (none formatted), keeps the node id, and the
-/// markers are intact afterwards.
+/// pool too, and unplugged leaves service; the host writes a marker into
+/// each of the first two; the next boot reuses all three pools (none
+/// formatted), keeps the node id, and the markers are intact afterwards.
 pub fn pools_and_node_id_survive_a_reboot() -> Check {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let disks: Vec<PathBuf> = (0..2)
@@ -169,6 +169,20 @@ pub fn pools_and_node_id_survive_a_reboot() -> Check {
         .and_then(|r| r.split(' ').next())
         .unwrap_or_default()
         .to_string();
+    // Unplugged again: its pool leaves service (and comes back below).
+    node.unplug_disk("zeronode-late")
+        .map_err(|e| format!("unplugging the disk: {e}"))?;
+    let gone = node
+        .find_or_wait_for_line(
+            "the unplugged disk's pool out of service",
+            Duration::from_secs(120),
+            |l| l.contains("removed: pool ") && l.contains("is out of service"),
+        )
+        .map_err(|e| e.to_string())?;
+    eprintln!("    {}", gone.trim());
+    ensure(gone.contains(&format!("pool {late_pool} ")), || {
+        format!("another pool went out of service: {gone}")
+    })?;
     let lease = wait_for_lease(&mut node)?;
     eprintln!("    {}", lease.trim());
     for l in first

@@ -1,25 +1,37 @@
 //! Disks that come after bring-up: a SATA disk that AHCI's asynchronous
 //! port scan found late, a USB disk, a disk hot-plugged into a running
 //! node. The kernel announces each on the uevent socket; each goes through
-//! the boot's policy (`node::add_late_disk`).
+//! the boot's policy (`node::add_late_disk`). Disks that go (unplugged)
+//! take their pool out of service (`node::remove_disk`).
 
 use std::sync::{Arc, RwLock};
 
 use zeronode_types::uevent::{Uevent, UeventSocket};
 
-use crate::node::{add_late_disk, Config, DiskState, Node};
+use crate::node::{add_late_disk, remove_disk, Config, DiskState, Node};
 use crate::sysfs::virtual_kind;
 
-/// The whole disk a uevent announces, if it is one storage may pool.
-pub fn added_disk(msg: &[u8]) -> Option<String> {
+/// What a uevent says about a whole disk storage may pool.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DiskEvent {
+    Added(String),
+    Removed(String),
+}
+
+pub fn disk_event(msg: &[u8]) -> Option<DiskEvent> {
     let e = Uevent::parse(msg)?;
-    let disk = e.action == "add" && e.get("SUBSYSTEM") == Some("block");
-    let name = e
-        .get("DEVNAME")
-        .filter(|_| disk && e.get("DEVTYPE") == Some("disk"))?;
+    let disk = e.get("SUBSYSTEM") == Some("block") && e.get("DEVTYPE") == Some("disk");
+    let name = e.get("DEVNAME").filter(|_| disk)?;
     // Partitions and virtual devices (loop, zram, dm...) are not disks;
     // DEVNAME may carry a directory for other devices, never for these.
-    (virtual_kind(name).is_none() && !name.contains('/')).then(|| name.to_string())
+    if virtual_kind(name).is_some() || name.contains('/') {
+        return None;
+    }
+    match e.action {
+        "add" => Some(DiskEvent::Added(name.to_string())),
+        "remove" => Some(DiskEvent::Removed(name.to_string())),
+        _ => None,
+    }
 }
 
 /// Watches `socket` for disks for as long as the service runs. `socket` was
@@ -37,7 +49,7 @@ pub fn watch(cfg: Config, socket: UeventSocket, node: Arc<RwLock<Node>>) {
         loop {
             let name = match socket.recv(&mut buf) {
                 Ok([]) | Err(nix::Error::EAGAIN) => break,
-                Ok(msg) => added_disk(msg),
+                Ok(msg) => disk_event(msg),
                 Err(nix::Error::EINTR) => continue,
                 // Events were dropped: a disk among them is found by /sys.
                 Err(nix::Error::ENOBUFS) => {
@@ -50,8 +62,10 @@ pub fn watch(cfg: Config, socket: UeventSocket, node: Arc<RwLock<Node>>) {
                     )
                 }
             };
-            if let Some(name) = name {
-                take(&cfg, &node, &name);
+            match name {
+                Some(DiskEvent::Added(name)) => take(&cfg, &node, &name),
+                Some(DiskEvent::Removed(name)) => gone(&node, &name),
+                None => {}
             }
         }
     }
@@ -70,6 +84,25 @@ fn take(cfg: &Config, node: &RwLock<Node>, name: &str) {
     }
 }
 
+fn gone(node: &RwLock<Node>, name: &str) {
+    let Some(report) = remove_disk(node, name) else {
+        return;
+    };
+    let DiskState::Pool { label, .. } = report.state else {
+        return tracing::info!("disk {name} removed");
+    };
+    let cache = node.read().unwrap_or_else(|p| p.into_inner()).cache.clone();
+    if cache.pool.as_deref() == Some(label.as_str()) {
+        tracing::error!(
+            "disk {name} removed: pool {label} held the node cache ({}): what the services \
+             keep there fails until the disk is back and the node restarts",
+            cache.path.display()
+        );
+    } else {
+        tracing::info!("disk {name} removed: pool {label} is out of service");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,16 +117,21 @@ mod tests {
     }
 
     #[test]
-    fn only_whole_real_disks_added_are_taken() {
+    fn only_whole_real_disks_count() {
         let disk = ["SUBSYSTEM=block", "DEVTYPE=disk", "DEVNAME=sdb"];
-        assert_eq!(added_disk(&event(&disk)).as_deref(), Some("sdb"));
+        assert_eq!(
+            disk_event(&event(&disk)),
+            Some(DiskEvent::Added("sdb".into()))
+        );
         let part = ["SUBSYSTEM=block", "DEVTYPE=partition", "DEVNAME=sdb1"];
-        assert_eq!(added_disk(&event(&part)), None);
+        assert_eq!(disk_event(&event(&part)), None);
         let lo = ["SUBSYSTEM=block", "DEVTYPE=disk", "DEVNAME=loop3"];
-        assert_eq!(added_disk(&event(&lo)), None);
+        assert_eq!(disk_event(&event(&lo)), None);
         let tty = ["SUBSYSTEM=tty", "DEVNAME=ttyS1"];
-        assert_eq!(added_disk(&event(&tty)), None);
+        assert_eq!(disk_event(&event(&tty)), None);
         let removed = [b"remove@/devices/x".as_slice(), &event(&disk)[14..]].concat();
-        assert_eq!(added_disk(&removed), None);
+        assert_eq!(disk_event(&removed), Some(DiskEvent::Removed("sdb".into())));
+        let changed = [b"change@/devices/x".as_slice(), &event(&disk)[14..]].concat();
+        assert_eq!(disk_event(&changed), None);
     }
 }

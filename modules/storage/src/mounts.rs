@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::error::{io, sys, Result};
 
@@ -78,6 +78,12 @@ pub fn mount_btrfs(dev: &Path, target: &Path) -> Result<()> {
         None::<&str>,
     )
     .map_err(sys(dev, "mounting btrfs"))
+}
+
+/// Takes the mount at `target` out of the tree at once (MNT_DETACH): its
+/// disk is gone, so a plain unmount would wait on files workloads hold.
+pub fn detach(target: &Path) -> Result<()> {
+    umount2(target, MntFlags::MNT_DETACH).map_err(sys(target, "unmounting"))
 }
 
 /// Bind-mounts `source` on `target` (created if missing).

@@ -190,6 +190,27 @@ pub fn add_late_disk(cfg: &Config, node: &RwLock<Node>, name: &str) -> Option<Di
     Some(state)
 }
 
+/// A disk the kernel removed (unplugged, or its controller gone): its
+/// report goes, so the disk is taken anew if it comes back, and a pool on
+/// it leaves service: no longer offered for volumes, and unmounted (what
+/// workloads hold open fails on its own). Returns the report it dropped.
+pub fn remove_disk(node: &RwLock<Node>, name: &str) -> Option<DiskReport> {
+    let mut n = node.write().unwrap_or_else(|p| p.into_inner());
+    let at = n.disks.iter().position(|r| r.disk.name == name)?;
+    let report = n.disks.remove(at);
+    if let DiskState::Pool { label, .. } = &report.state {
+        if let Some(i) = n.pools.iter().position(|p| &p.label == label) {
+            let pool = n.pools.remove(i);
+            if let Err(e) = mounts::detach(&pool.mount_point) {
+                tracing::warn!("pool {label}: {e}");
+            }
+            // Empty once detached; a mount point left behind would look like a pool.
+            let _ = std::fs::remove_dir(&pool.mount_point);
+        }
+    }
+    Some(report)
+}
+
 /// Why a second disk holding an already mounted pool is left alone.
 fn copy_of_a_mounted_pool(label: &str) -> String {
     format!("ZeroNode pool {label} is already mounted from another disk (a copy?)")

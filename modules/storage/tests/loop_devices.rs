@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use common::{hash_file, make_ext4, LoopDisk, Scratch};
-use zeronode_storage::node::add_late_disk;
+use zeronode_storage::node::{add_late_disk, remove_disk};
 use zeronode_storage::probe::{self, Content};
 use zeronode_storage::sysfs::Sysfs;
 use zeronode_storage::{bring_up, btrfs, mounts, volumes, Config, DiskState};
@@ -511,7 +511,7 @@ fn a_mounted_disk_named_in_wipe_is_refused_by_the_kernel() {
 }
 
 #[test]
-fn a_disk_that_comes_late_becomes_a_pool_once_and_the_cache_stays() {
+fn a_late_disk_becomes_a_pool_once_leaves_when_unplugged_and_comes_back() {
     let scratch = Scratch::new();
     let first = LoopDisk::new(&scratch.path().join("first.img"), 256);
     let cfg = config(&scratch, vec![first.dev.clone()], &[]);
@@ -545,4 +545,38 @@ fn a_disk_that_comes_late_becomes_a_pool_once_and_the_cache_stays() {
     assert_eq!(node.read().unwrap().pools.len(), 2);
     // A disk that is gone again by the time it is looked at is skipped.
     assert_eq!(add_late_disk(&cfg, &node, "loop-gone"), None);
+
+    // Unplugged: the pool leaves service and its mount goes.
+    let mount_point = {
+        let n = node.read().unwrap();
+        n.pools
+            .iter()
+            .find(|p| p.label == label)
+            .unwrap()
+            .mount_point
+            .clone()
+    };
+    let report = remove_disk(&node, &name).expect("a known disk is dropped");
+    assert!(matches!(report.state, DiskState::Pool { .. }));
+    {
+        let n = node.read().unwrap();
+        assert_eq!(n.pools.len(), 1);
+        assert!(n.pools.iter().all(|p| p.label != label));
+        assert_eq!(n.disks.len(), 1);
+        assert_eq!(n.cache.pool, cache_pool);
+    }
+    assert!(mounts::mounted_at(&mount_point).unwrap().is_none());
+    assert!(!mount_point.exists());
+    assert!(remove_disk(&node, &name).is_none(), "removed twice");
+    // Plugged back: its pool is reused as it was.
+    let state = add_late_disk(&cfg, &node, &name).expect("a disk back is taken");
+    assert_eq!(
+        state,
+        DiskState::Pool {
+            label: label.clone(),
+            formatted: false,
+            wiped: false,
+        }
+    );
+    assert_eq!(node.read().unwrap().pools.len(), 2);
 }
