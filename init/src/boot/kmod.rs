@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use thiserror::Error;
 use zeronode_types::uevent::{Uevent, UeventSocket};
@@ -45,7 +45,7 @@ fn name_of(path: &str) -> String {
     canonical(stem)
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct ModuleIndex {
     dir: PathBuf,
     /// name -> (path relative to dir, direct and indirect dependencies by name)
@@ -400,7 +400,8 @@ const CPU_MODALIAS: &str = "devices/system/cpu/modalias";
 
 /// Loads modules into the running kernel, remembering what is in already.
 pub struct Loader {
-    pub index: ModuleIndex,
+    /// Shared: PID 1's loaders (early list, coldplug, hotplug) read one copy.
+    pub index: Arc<ModuleIndex>,
     loaded: HashSet<String>,
     /// The CPU's modalias (its vendor, family, model and features), to
     /// leave out modules made for other CPUs; None when /sys lacks it.
@@ -421,7 +422,8 @@ pub struct Loader {
 type LoadOne = fn(&Path, bool) -> Result<(), KmodError>;
 
 impl Loader {
-    pub fn new(index: ModuleIndex) -> Self {
+    pub fn new(index: impl Into<Arc<ModuleIndex>>) -> Self {
+        let index = index.into();
         let proc_modules = PathBuf::from("/proc/modules");
         let loaded = std::fs::read_to_string(&proc_modules)
             .map(|t| live_modules(&t))
@@ -1258,7 +1260,7 @@ mod tests {
         let dir = fixture();
         // The fixture's .ko files do not exist: the kernel is never asked.
         let mut loader = Loader {
-            index: ModuleIndex::load(dir.path()).unwrap(),
+            index: ModuleIndex::load(dir.path()).unwrap().into(),
             loaded: HashSet::new(),
             cpu: None,
             async_probe: false,
@@ -1305,7 +1307,7 @@ mod tests {
     /// A loader over `fixture()` whose modules "load" through `load_one`.
     fn stand_in(dir: &Path, load_one: LoadOne) -> Loader {
         Loader {
-            index: ModuleIndex::load(dir).unwrap(),
+            index: ModuleIndex::load(dir).unwrap().into(),
             loaded: HashSet::new(),
             cpu: None,
             async_probe: false,
@@ -1527,7 +1529,7 @@ mod tests {
         // Left out is reported as not for this hardware, not as a failure,
         // and the kernel is never asked (the fixture has no .ko files).
         let mut loader = Loader {
-            index: idx,
+            index: idx.into(),
             loaded: HashSet::new(),
             cpu: Some(tcg.into()),
             async_probe: false,

@@ -132,7 +132,7 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
     };
     let dir = Path::new("/lib/modules").join(&release);
     let index = match kmod::ModuleIndex::load(&dir) {
-        Ok(i) => i,
+        Ok(i) => std::sync::Arc::new(i),
         Err(e) => return tracing::warn!("no kernel modules loaded: {e}"),
     };
     tracing::debug!("module index of {} read", dir.display());
