@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use zeronode_init::run::{ReadyClock, RunOptions};
+use zeronode_init::run::{ReadyClock, RunOptions, Services};
 
 const USAGE: &str = "usage: zeronode-init --services DIR [--control SOCKET]\n\
                      \x20      zeronode-init mount-runtime   (the node's `runtime` service)\n\
@@ -53,7 +53,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<RunOptions, Stri
         }
     }
     Ok(RunOptions {
-        services_dir: services.ok_or("--services DIR is required")?,
+        services: Services::Dir(services.ok_or("--services DIR is required")?),
         control_socket: control,
         ready_clock: ReadyClock::ProcessStart(std::time::Instant::now()),
         subreaper: true,

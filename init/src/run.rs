@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::control::{self, Request};
+use crate::supervisor::service::Service;
 use crate::supervisor::{process, Channels, Supervisor};
 
 /// Where the `zeronode: ready in N ms` figure counts from.
@@ -35,7 +36,7 @@ impl ReadyClock {
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub services_dir: PathBuf,
+    pub services: Services,
     /// The control socket; none means no control interface.
     pub control_socket: Option<PathBuf>,
     pub ready_clock: ReadyClock,
@@ -44,6 +45,15 @@ pub struct RunOptions {
     /// Told once, when the ready line is out (PID 1 then loads the kernel
     /// modules nothing on the way to ready needs).
     pub on_ready: Option<std::sync::mpsc::Sender<()>>,
+}
+
+/// Where the services come from.
+#[derive(Debug, Clone)]
+pub enum Services {
+    /// Read from this directory as the run starts.
+    Dir(PathBuf),
+    /// Read already: PID 1 reads them while coldplug loads drivers.
+    Read(Vec<Service>),
 }
 
 /// What ended the run: what the caller (PID 1) must do to the machine.
@@ -84,9 +94,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<PowerAction> {
     if let Err(e) = process::prefer_supervisor() {
         tracing::debug!("init keeps the services' priority: {e}");
     }
-    let t = std::time::Instant::now();
-    let (mut sup, channels) = Supervisor::load(&opts.services_dir);
-    tracing::debug!("services read in {} ms", t.elapsed().as_millis());
+    let specs = match opts.services {
+        Services::Dir(dir) => Supervisor::read_services(&dir),
+        Services::Read(specs) => specs,
+    };
+    let (mut sup, channels) = Supervisor::new(specs);
     let Channels {
         mut events,
         mut logs,

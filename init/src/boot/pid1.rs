@@ -10,7 +10,8 @@
 use std::path::Path;
 
 use super::{kmod, logging, mounts, net, power_button, rootfs, shutdown, static_nodes, watchdog};
-use crate::run::{self, ReadyClock, RunOptions};
+use crate::run::{self, ReadyClock, RunOptions, Services};
+use crate::supervisor::Supervisor;
 use zeronode_types::boot_config::{self as cmdline, BootConfig};
 
 pub const SERVICES_DIR: &str = "/etc/zeronode/services";
@@ -49,15 +50,25 @@ fn boot() -> Result<std::convert::Infallible, String> {
         tracing::warn!("bringing lo up: {e}");
     }
     write_boot_config(&cfg);
+    // The service files are read while coldplug loads drivers: its last
+    // 150 ms are a wait for the uevent stream to go quiet.
+    let services = std::thread::Builder::new()
+        .name("services".into())
+        .spawn(|| Supervisor::read_services(Path::new(SERVICES_DIR)));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     load_modules(ready_rx);
+    let services = match services.map(|t| t.join()) {
+        Ok(Ok(specs)) => Services::Read(specs),
+        // No thread, or it panicked: read them here.
+        _ => Services::Dir(SERVICES_DIR.into()),
+    };
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     let opts = RunOptions {
-        services_dir: SERVICES_DIR.into(),
+        services,
         control_socket: Some(CONTROL_SOCKET.into()),
         ready_clock: ReadyClock::KernelBoot,
         subreaper: false,

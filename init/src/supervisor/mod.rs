@@ -201,7 +201,9 @@ pub struct Supervisor {
 impl Supervisor {
     /// Loads every `*.toml` in `dir`. A bad file or a bad dependency is
     /// logged as an error and leaves that service out; the rest still runs.
-    pub fn load(dir: &Path) -> (Supervisor, Channels) {
+    /// The service files in `dir`, in name order; a file that does not
+    /// parse is logged and skipped.
+    pub fn read_services(dir: &Path) -> Vec<Service> {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let mut files: Vec<_> = match std::fs::read_dir(dir) {
             Ok(entries) => entries
@@ -222,7 +224,7 @@ impl Supervisor {
                 Err(e) => tracing::error!("service file skipped: {e}"),
             }
         }
-        Supervisor::new(specs)
+        specs
     }
 
     /// A supervisor for these services, none started yet.
