@@ -47,7 +47,7 @@ pub fn watch(cfg: Config, socket: UeventSocket, node: Arc<RwLock<Node>>) {
             }
         }
         loop {
-            let name = match socket.recv(&mut buf) {
+            let event = match socket.recv(&mut buf) {
                 Ok([]) | Err(nix::Error::EAGAIN) => break,
                 Ok(msg) => disk_event(msg),
                 Err(nix::Error::EINTR) => continue,
@@ -62,7 +62,7 @@ pub fn watch(cfg: Config, socket: UeventSocket, node: Arc<RwLock<Node>>) {
                     )
                 }
             };
-            match name {
+            match event {
                 Some(DiskEvent::Added(name)) => take(&cfg, &node, &name),
                 Some(DiskEvent::Removed(name)) => gone(&node, &name),
                 None => {}
