@@ -66,6 +66,16 @@ fn boot_and_read(o: &NodeOptions) -> Result<(Node, Boot1), String> {
 
 /// Waits for the lease QEMU's user network hands out (10.0.2.15), as the
 /// network module reports it; it may come before or after the ready line.
+/// The console line `pred` picks (waiting up to 2 min for it), printed
+/// under the case's result.
+fn shown(node: &mut Node, what: &str, pred: impl Fn(&str) -> bool) -> Result<String, String> {
+    let line = node
+        .find_or_wait_for_line(what, Duration::from_secs(120), pred)
+        .map_err(|e| e.to_string())?;
+    eprintln!("    {}", line.trim());
+    Ok(line)
+}
+
 fn wait_for_lease(node: &mut Node) -> Result<String, String> {
     node.find_or_wait_for_line(
         "the DHCP lease (network: zn0 bound 10.0.2.15/...)",
@@ -155,14 +165,11 @@ pub fn pools_and_node_id_survive_a_reboot() -> Check {
     let (mut node, first) = boot_and_read(&o)?;
     node.hot_plug_disk(&late, "zeronode-late")
         .map_err(|e| format!("hot-plugging a disk: {e}"))?;
-    let line = node
-        .find_or_wait_for_line(
-            "the hot-plugged disk pooled (late disk sd..: pool ... is in service)",
-            Duration::from_secs(120),
-            |l| l.contains("late disk sd") && l.contains("is in service"),
-        )
-        .map_err(|e| e.to_string())?;
-    eprintln!("    {}", line.trim());
+    let line = shown(
+        &mut node,
+        "the hot-plugged disk pooled (late disk sd..: pool ... is in service)",
+        |l| l.contains("late disk sd") && l.contains("is in service"),
+    )?;
     let late_pool = line
         .split("pool ")
         .nth(1)
@@ -172,14 +179,9 @@ pub fn pools_and_node_id_survive_a_reboot() -> Check {
     // Unplugged again: its pool leaves service (and comes back below).
     node.unplug_disk("zeronode-late")
         .map_err(|e| format!("unplugging the disk: {e}"))?;
-    let gone = node
-        .find_or_wait_for_line(
-            "the unplugged disk's pool out of service",
-            Duration::from_secs(120),
-            |l| l.contains("removed: pool ") && l.contains("is out of service"),
-        )
-        .map_err(|e| e.to_string())?;
-    eprintln!("    {}", gone.trim());
+    let gone = shown(&mut node, "the unplugged disk's pool out of service", |l| {
+        l.contains("removed: pool ") && l.contains("is out of service")
+    })?;
     ensure(gone.contains(&format!("pool {late_pool} ")), || {
         format!("another pool went out of service: {gone}")
     })?;

@@ -199,10 +199,8 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Loads every `*.toml` in `dir`. A bad file or a bad dependency is
-    /// logged as an error and leaves that service out; the rest still runs.
-    /// The service files in `dir`, in name order; a file that does not
-    /// parse is logged and skipped.
+    /// The services of every `*.toml` in `dir`, in name order. A file that
+    /// does not parse is logged as an error and left out; the rest still runs.
     pub fn read_services(dir: &Path) -> Vec<Service> {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let mut files: Vec<_> = match std::fs::read_dir(dir) {
@@ -227,7 +225,8 @@ impl Supervisor {
         specs
     }
 
-    /// A supervisor for these services, none started yet.
+    /// A supervisor for these services, none started yet. A service with a
+    /// bad dependency (unknown, or in a cycle) is logged and left out.
     pub fn new(mut specs: Vec<Service>) -> (Supervisor, Channels) {
         let after: BTreeMap<String, Vec<String>> = specs
             .iter()
