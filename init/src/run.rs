@@ -188,4 +188,62 @@ fn say_ready(clock: &ReadyClock) {
             field("Threads:")
         );
     }
+    // Whether the way to ready was bound by the CPUs or by waiting: what to
+    // look at first when tuning the boot.
+    if let Some(cpu) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| CpuTime::parse(&s))
+    {
+        tracing::info!(
+            "CPU time since boot: {} ms busy, {} ms idle",
+            cpu.busy_ms,
+            cpu.idle_ms
+        );
+    }
+}
+
+/// The summed CPU time of all CPUs since boot, from /proc/stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CpuTime {
+    busy_ms: u64,
+    idle_ms: u64,
+}
+
+impl CpuTime {
+    /// From the `cpu` line: user nice system idle iowait irq softirq steal,
+    /// in USER_HZ ticks, which Linux fixes at 100 a second for user space.
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|t| t.parse().ok())
+            .collect::<Option<_>>()?;
+        let (idle, iowait) = (*ticks.get(3)?, *ticks.get(4)?);
+        let busy = ticks.iter().sum::<u64>() - idle - iowait;
+        Some(CpuTime {
+            busy_ms: busy * 10,
+            idle_ms: (idle + iowait) * 10,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_adds_up_the_busy_fields_and_the_idle_ones() {
+        let stat = "cpu  120 3 80 400 7 2 5 1 0 0\ncpu0 60 1 40 200 3 1 2 0 0 0\nintr 1 2\n";
+        assert_eq!(
+            CpuTime::parse(stat),
+            Some(CpuTime {
+                busy_ms: (120 + 3 + 80 + 2 + 5 + 1) * 10,
+                idle_ms: (400 + 7) * 10,
+            })
+        );
+        assert_eq!(CpuTime::parse("cpu0 1 2 3\n"), None);
+        assert_eq!(CpuTime::parse("cpu  1 2 x 4 5 6 7 8\n"), None);
+    }
 }
