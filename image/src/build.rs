@@ -205,7 +205,12 @@ fn runtime_image(src: &Sources, work: &Path, sys: &Path) -> Result<Option<String
 /// hash the system image holds); returns their blake3 hex.
 fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<(String, Option<String>)> {
     let sys = work.join("system");
-    let modules = kmod::stage(&src.kernel, &src.cfg.system.modules, &sys)?;
+    let modules = kmod::stage(
+        &src.kernel,
+        &src.cfg.system.modules,
+        src.cfg.kernel.module_signatures,
+        &sys,
+    )?;
     tracing::info!("  {} kernel modules with their dependencies", modules.len());
     for d in [
         "proc",
@@ -239,10 +244,6 @@ fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<(String, Opt
     write(
         &etc.join("zeronode/modules-load"),
         lines(&src.cfg.system.load).as_bytes(),
-    )?;
-    write(
-        &etc.join("zeronode/modules-early"),
-        lines(&src.cfg.system.early).as_bytes(),
     )?;
     write(
         &etc.join("zeronode/release"),
@@ -321,7 +322,13 @@ fn squashfs_image(src: &Sources, tree: &Path, work: &Path, name: &str) -> Result
 /// and the image itself.
 fn initramfs_image(src: &Sources, work: &Path, out: &Path) -> Result<()> {
     let stage1 = work.join("initramfs");
-    kmod::stage(&src.kernel, &src.cfg.initramfs.modules, &stage1)?;
+    let wanted = [&src.cfg.initramfs.modules[..], &src.cfg.initramfs.early[..]].concat();
+    kmod::stage(
+        &src.kernel,
+        &wanted,
+        src.cfg.kernel.module_signatures,
+        &stage1,
+    )?;
     let image = work.join("system.img");
     let mut entries = vec![
         Entry::dir("dev"),
@@ -336,6 +343,11 @@ fn initramfs_image(src: &Sources, work: &Path, out: &Path) -> Result<()> {
             "etc/zeronode/modules-load",
             0o644,
             lines(&src.cfg.initramfs.modules).into_bytes(),
+        ),
+        Entry::file(
+            "etc/zeronode/modules-early",
+            0o644,
+            lines(&src.cfg.initramfs.early).into_bytes(),
         ),
         Entry::file("init", 0o755, src.init.clone()),
     ];

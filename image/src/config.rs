@@ -56,6 +56,19 @@ pub struct Kernel {
     pub version: String,
     /// `uname -r` of that kernel: the directory under /lib/modules.
     pub release: String,
+    /// Whether the image's modules keep Debian's signatures.
+    #[serde(default)]
+    pub module_signatures: ModuleSignatures,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleSignatures {
+    /// As Debian ships them: the kernel checks each one as it loads.
+    #[default]
+    Keep,
+    /// Removed: the pinned image hash covers the modules already.
+    Strip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -76,7 +89,13 @@ pub enum SquashfsCompression {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Initramfs {
+    /// Loaded by stage 1 before it mounts the system image.
     pub modules: Vec<String>,
+    /// Loaded from the start of stage 1 by a process of their own, while
+    /// the boot goes on, because a service on the way to ready needs them:
+    /// the initramfs's /etc/zeronode/modules-early.
+    #[serde(default)]
+    pub early: Vec<String>,
     pub compression: Compression,
 }
 
@@ -88,11 +107,6 @@ pub struct System {
     pub modules: Vec<String>,
     /// Loaded at every boot once the node is ready: /etc/zeronode/modules-load.
     pub load: Vec<String>,
-    /// Loaded at every boot from the start of stage 2, beside the device
-    /// drivers, because a service on the way to ready needs them:
-    /// /etc/zeronode/modules-early.
-    #[serde(default)]
-    pub early: Vec<String>,
     /// Absolute paths of Debian binaries on the build machine.
     #[serde(default)]
     pub binaries: Vec<String>,
@@ -214,7 +228,7 @@ impl ImageConfig {
             ("initramfs.modules", &cfg.initramfs.modules),
             ("system.modules", &cfg.system.modules),
             ("system.load", &cfg.system.load),
-            ("system.early", &cfg.system.early),
+            ("initramfs.early", &cfg.initramfs.early),
         ] {
             if let Some(m) = list.iter().find(|m| !module_ok(m)) {
                 return Err(invalid(
@@ -226,7 +240,7 @@ impl ImageConfig {
         for (field, list) in [
             ("initramfs.modules", &cfg.initramfs.modules),
             ("system.load", &cfg.system.load),
-            ("system.early", &cfg.system.early),
+            ("initramfs.early", &cfg.initramfs.early),
         ] {
             if let Some(m) = list.iter().find(|m| m.contains(['/', '*'])) {
                 return Err(invalid(
@@ -397,8 +411,11 @@ extra = ["loglevel=4"]
         assert!(err.contains("initramfs.modules"), "{err}");
         let err = error_of(&base.replace("load = [\"loop\"]", "load = [\"../x\"]"));
         assert!(err.contains("system.load"), "{err}");
-        let err = error_of(&base.replace("load = [\"loop\"]", "load = []\nearly = [\"fs/*\"]"));
-        assert!(err.contains("system.early"), "{err}");
+        let err = error_of(&base.replace(
+            "modules = [\"loop\", \"squashfs\", \"overlay\"]",
+            "modules = [\"loop\"]\nearly = [\"fs/*\"]",
+        ));
+        assert!(err.contains("initramfs.early"), "{err}");
         let err = error_of(&base.replace("binaries = []", "binaries = []\nmulticall = [\"a\"]"));
         assert!(
             err.contains("need \"zeronode\" among the programs"),

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::config::ModuleSignatures;
 use crate::error::{io, Error, Result};
 use crate::kernel::{depmod, UnpackedKernel};
 
@@ -49,6 +50,10 @@ fn is_pattern(wanted: &str) -> bool {
 pub struct DepGraph {
     deps: BTreeMap<String, Vec<String>>,
     by_name: BTreeMap<String, String>,
+    /// path -> paths of the modules its `softdep ... pre:` names: the
+    /// image's loader loads them first (btrfs's checksums, crc32c by alias),
+    /// so an image holding a module holds them too.
+    soft: BTreeMap<String, Vec<String>>,
 }
 
 impl DepGraph {
@@ -70,7 +75,54 @@ impl DepGraph {
                 d.split_whitespace().map(str::to_string).collect(),
             );
         }
-        Ok(DepGraph { deps, by_name })
+        Ok(DepGraph {
+            deps,
+            by_name,
+            soft: BTreeMap::new(),
+        })
+    }
+
+    /// Adds the soft dependencies of modules.softdep, each name resolved
+    /// as a module name or else as an exact alias of modules.alias
+    /// (`crypto-crc32c` is crc32c_generic and crc32c_intel). A name
+    /// nothing provides is skipped, as the loader skips it.
+    pub fn with_soft_dependencies(mut self, softdep: &str, alias: &str) -> Self {
+        let mut by_alias: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for line in alias.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some("alias"), Some(pattern), Some(module)) =
+                (words.next(), words.next(), words.next())
+            {
+                if let Some(path) = self.by_name.get(&canonical(module)) {
+                    by_alias.entry(pattern).or_default().push(path.clone());
+                }
+            }
+        }
+        for line in softdep.lines() {
+            let mut words = line.split_whitespace();
+            let (Some("softdep"), Some(module)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Some(path) = self.by_name.get(&canonical(module)).cloned() else {
+                continue;
+            };
+            let mut pre = false;
+            for w in words {
+                match w {
+                    "pre:" => pre = true,
+                    "post:" => pre = false,
+                    name if pre => {
+                        let found = match self.by_name.get(&canonical(name)) {
+                            Some(p) => vec![p.clone()],
+                            None => by_alias.get(name).cloned().unwrap_or_default(),
+                        };
+                        self.soft.entry(path.clone()).or_default().extend(found);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self
     }
 
     /// The module files `wanted` names (module names or path globs), with
@@ -110,10 +162,40 @@ impl DepGraph {
 
     fn closure(&self, path: &str, out: &mut BTreeSet<String>) {
         if out.insert(path.to_string()) {
-            for d in self.deps.get(path).into_iter().flatten() {
+            let hard = self.deps.get(path).into_iter().flatten();
+            for d in hard.chain(self.soft.get(path).into_iter().flatten()) {
                 self.closure(d, out);
             }
         }
+    }
+}
+
+/// What the kernel's `sign-file` appends to a module: the PKCS#7
+/// signature, a 12-byte `struct module_signature` ending in the
+/// signature's length (big-endian), and this marker.
+const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
+
+/// A module without its appended signature; unsigned bytes as they are.
+/// The image's modules are covered by the pinned hash of the image they
+/// ship in, and the kernel (not enforcing signatures) would load them
+/// unsigned anyway: checking each one again is a SHA-256 over every byte
+/// loaded, and under emulation that is a good part of loading.
+pub fn unsigned(module: &[u8]) -> &[u8] {
+    let Some(rest) = module.strip_suffix(SIGNATURE_MARKER) else {
+        return module;
+    };
+    let Some(info_at) = rest.len().checked_sub(12) else {
+        return module;
+    };
+    let len = u32::from_be_bytes([
+        rest[info_at + 8],
+        rest[info_at + 9],
+        rest[info_at + 10],
+        rest[info_at + 11],
+    ]);
+    match info_at.checked_sub(len as usize) {
+        Some(end) => &module[..end],
+        None => module,
     }
 }
 
@@ -126,12 +208,25 @@ pub fn builtin(modules_dir: &Path) -> Result<BTreeSet<String>> {
 
 /// Copies the chosen modules under `root/lib/modules/<release>` and indexes
 /// them with depmod. Returns the module files that went in.
-pub fn stage(kernel: &UnpackedKernel, wanted: &[String], root: &Path) -> Result<Vec<PathBuf>> {
+pub fn stage(
+    kernel: &UnpackedKernel,
+    wanted: &[String],
+    signatures: ModuleSignatures,
+    root: &Path,
+) -> Result<Vec<PathBuf>> {
     let src = kernel.modules_dir();
     let dep_path = src.join("modules.dep");
     let dep_text = std::fs::read_to_string(&dep_path).map_err(io("reading", &dep_path))?;
-    let files =
-        DepGraph::parse(&dep_text, &dep_path)?.select(wanted, &builtin(&src)?, &kernel.release)?;
+    let optional = |name: &str| -> Result<String> {
+        let path = src.join(name);
+        match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            r => r.map_err(io("reading", &path)),
+        }
+    };
+    let files = DepGraph::parse(&dep_text, &dep_path)?
+        .with_soft_dependencies(&optional("modules.softdep")?, &optional("modules.alias")?)
+        .select(wanted, &builtin(&src)?, &kernel.release)?;
     let dst = root.join("lib/modules").join(&kernel.release);
     let mut copied = Vec::new();
     for f in &files {
@@ -139,7 +234,13 @@ pub fn stage(kernel: &UnpackedKernel, wanted: &[String], root: &Path) -> Result<
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
         }
-        std::fs::copy(src.join(f), &to).map_err(io("copying module", src.join(f)))?;
+        let from = src.join(f);
+        let bytes = std::fs::read(&from).map_err(io("reading module", &from))?;
+        let bytes = match signatures {
+            ModuleSignatures::Keep => &bytes[..],
+            ModuleSignatures::Strip => unsigned(&bytes),
+        };
+        std::fs::write(&to, bytes).map_err(io("writing module", &to))?;
         copied.push(to);
     }
     // Built-in modules are part of every kernel: their lists stay whole.
@@ -225,6 +326,58 @@ mod tests {
             ]
         );
         assert!(!got.iter().any(|p| p.contains("loop")));
+    }
+
+    #[test]
+    fn signatures_come_off_and_unsigned_modules_stay_whole() {
+        let body = b"\x7fELF module body".to_vec();
+        let sig = vec![0x30u8; 681];
+        let mut signed = body.clone();
+        signed.extend_from_slice(&sig);
+        // struct module_signature: algo, hash, id_type, signer_len,
+        // key_id_len, 3 pad bytes, big-endian signature length.
+        signed.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+        signed.extend_from_slice(&(sig.len() as u32).to_be_bytes());
+        signed.extend_from_slice(SIGNATURE_MARKER);
+        assert_eq!(unsigned(&signed), &body[..]);
+        assert_eq!(unsigned(&body), &body[..]);
+        // A marker whose length points before the file's start: left alone.
+        let mut broken = body.clone();
+        broken.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        broken.extend_from_slice(SIGNATURE_MARKER);
+        assert_eq!(unsigned(&broken), &broken[..]);
+    }
+
+    #[test]
+    fn soft_dependencies_come_along_by_name_or_alias() {
+        let dep = "kernel/fs/btrfs/btrfs.ko: kernel/lib/libcrc32c.ko\n\
+                   kernel/lib/libcrc32c.ko:\n\
+                   kernel/crypto/crc32c_generic.ko:\n\
+                   kernel/arch/x86/crypto/crc32c-intel.ko:\n\
+                   kernel/crypto/xxhash_generic.ko:\n\
+                   kernel/drivers/block/loop.ko:\n";
+        let softdep = "# Soft dependencies\n\
+                       softdep btrfs pre: crypto-crc32c xxhash64 nothing_has_this post: loop\n\
+                       softdep libcrc32c pre: crc32c\n";
+        let alias = "alias crypto-crc32c crc32c_generic\n\
+                     alias crypto-crc32c crc32c_intel\n\
+                     alias crc32c crc32c_generic\n\
+                     alias xxhash64 xxhash_generic\n";
+        let got = DepGraph::parse(dep, Path::new("modules.dep"))
+            .unwrap()
+            .with_soft_dependencies(softdep, alias)
+            .select(&["btrfs".into()], &BTreeSet::new(), "6.1")
+            .unwrap();
+        assert_eq!(
+            names(&got),
+            [
+                "crc32c_intel",
+                "crc32c_generic",
+                "xxhash_generic",
+                "btrfs",
+                "libcrc32c"
+            ]
+        );
     }
 
     #[test]

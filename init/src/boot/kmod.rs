@@ -865,7 +865,7 @@ impl Stop {
 }
 
 /// The modules of a /proc/modules text that are in and working. One still
-/// `Loading` (its init running on another thread: the early list's btrfs
+/// `Loading` (its init running in another process: the early list's btrfs
 /// while storage mounts a pool) is not: loading it again makes the kernel
 /// wait for that init to end, which is what a `modprobe` caller needs
 /// before it uses the module.

@@ -127,10 +127,8 @@ fn write_boot_config(cfg: &BootConfig) {
 }
 
 /// Every device's driver, before any service starts (a service may need
-/// its NIC or disk). Beside them, on a thread, the image's early list
-/// (/etc/zeronode/modules-early: btrfs, which the storage service needs
-/// before ready and whose init alone takes a second under emulation, half
-/// of it raid6's timed benchmark). The modules of CPU features (kvm...) and
+/// its NIC or disk); btrfs, which storage needs too, is on its way since
+/// stage 1 (see `early_modules`). The modules of CPU features (kvm...) and
 /// the image's fixed list load on a thread once the node is ready (`ready`
 /// fires): those (kvm, bridge, veth, nf_tables...) serve workloads, and the
 /// kernel asks for most of them itself through /sbin/modprobe, so they only
@@ -147,25 +145,6 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
         Err(e) => return tracing::warn!("no kernel modules loaded: {e}"),
     };
     tracing::debug!("module index of {} read", dir.display());
-    let early = kmod::parse_load_list(
-        &std::fs::read_to_string("/etc/zeronode/modules-early").unwrap_or_default(),
-    );
-    if !early.is_empty() {
-        // async_probe spares btrfs's init a wait for every asynchronous
-        // probe in flight (async_synchronize_full): AHCI's port scan, which
-        // held btrfs back 0.05-0.25 s after coldplug was done.
-        let mut loader = kmod::Loader::new(index.clone()).with_async_probe();
-        let spawned = std::thread::Builder::new()
-            .name("modules-early".into())
-            .spawn(move || {
-                let mut report = kmod::LoadReport::default();
-                loader.load_many(early, &mut report);
-                report.log("early module list");
-            });
-        if let Err(e) = spawned {
-            tracing::warn!("cannot load the early module list: {e}");
-        }
-    }
     match static_nodes::create(&dir, Path::new("/dev")) {
         Ok(made) => tracing::debug!("{} device nodes for on-demand modules", made.len()),
         Err(e) => tracing::warn!("device nodes for on-demand modules: {e}"),

@@ -9,6 +9,7 @@
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::mount::{mount, MsFlags};
 use thiserror::Error;
@@ -16,7 +17,7 @@ use thiserror::Error;
 use super::kmod;
 use super::loopdev::{self, Detach, LoopError};
 use super::mounts::{self, MountError};
-use super::{parallel_hash, runtime_image};
+use super::{early_modules, parallel_hash, runtime_image};
 use zeronode_types::boot_config::{hex, BootConfig};
 
 /// The system image inside the initramfs; its presence means "stage 1".
@@ -92,6 +93,9 @@ pub fn verify(path: &Path, cfg: &BootConfig) -> Result<(), RootError> {
 /// then goes on as stage 2 in the same process.
 pub fn enter_system_image(cfg: &BootConfig) -> Result<(), RootError> {
     let t = std::time::Instant::now();
+    let index = module_index()?;
+    // First, while PID 1 has no other thread to fork beside.
+    let early = early_modules::start(kmod::Loader::new(index.clone()).with_async_probe());
     // Hashing the image and loading the modules that mount it are
     // independent and each leaves the CPUs idle part of the time (module
     // loading waits in the kernel), so they overlap.
@@ -101,7 +105,7 @@ pub fn enter_system_image(cfg: &BootConfig) -> Result<(), RootError> {
             tracing::debug!("system image hashed in {} ms", t.elapsed().as_millis());
             r
         });
-        let prepared = prepare();
+        let prepared = prepare(index);
         tracing::debug!("stage 1 modules in {} ms", t.elapsed().as_millis());
         let verified = hashing.join().unwrap_or_else(|_| {
             Err(RootError::Read {
@@ -111,15 +115,19 @@ pub fn enter_system_image(cfg: &BootConfig) -> Result<(), RootError> {
         });
         (verified, prepared)
     });
-    verified.and(prepared).and_then(|()| switch())
+    verified.and(prepared).and_then(|()| switch(early))
 }
 
-fn prepare() -> Result<(), RootError> {
+fn module_index() -> Result<Arc<kmod::ModuleIndex>, RootError> {
     let release = nix::sys::utsname::uname().map_err(sys("uname"))?;
     let dir = Path::new("/lib/modules").join(release.release());
+    Ok(Arc::new(kmod::ModuleIndex::load(&dir)?))
+}
+
+fn prepare(index: Arc<kmod::ModuleIndex>) -> Result<(), RootError> {
     // async_probe also spares each module's init a wait for every pending
     // asynchronous probe in the system (async_synchronize_full).
-    let mut loader = kmod::Loader::new(kmod::ModuleIndex::load(&dir)?).with_async_probe();
+    let mut loader = kmod::Loader::new(index).with_async_probe();
     let list = std::fs::read_to_string("/etc/zeronode/modules-load").unwrap_or_default();
     let mut report = kmod::LoadReport::default();
     loader.load_many(kmod::parse_load_list(&list), &mut report);
@@ -129,7 +137,7 @@ fn prepare() -> Result<(), RootError> {
     }
 }
 
-fn switch() -> Result<(), RootError> {
+fn switch(early: Option<early_modules::Child>) -> Result<(), RootError> {
     let new_root = Path::new(NEW_ROOT);
     let device = loopdev::attach_read_only(Path::new(SYSTEM_IMAGE), Detach::WithLastUser)?;
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
@@ -187,19 +195,21 @@ fn switch() -> Result<(), RootError> {
         .map_err(sys(format!("moving {api} to {}", target.display())))?;
     }
 
-    // The initramfs is RAM nobody will read again; the image stays alive
-    // through its loop device.
-    let root_dev = std::fs::metadata("/").map(|m| m.dev()).ok();
-    if let Some(dev) = root_dev {
-        remove_tree_on(Path::new("/"), dev);
+    // The initramfs is RAM nobody will read again (the image stays alive
+    // through its loop device), unless the early module loader still reads
+    // it: then that child frees it once done and told we left.
+    if early.is_none() {
+        free_initramfs();
     }
-    tracing::debug!("initramfs freed; switching root");
 
     nix::unistd::chdir(new_root).map_err(sys("chdir to the new root"))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
         .map_err(sys("moving the new root onto /"))?;
     nix::unistd::chroot(".").map_err(sys("chroot into the new root"))?;
     nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+    if let Some(child) = early {
+        child.leave_initramfs();
+    }
     // No exec of the image's /sbin/init: it is this very binary (the builder
     // puts the same bytes in both places), and executing it again from the
     // squashfs cost 0.2-0.4 s of decompressing pages under emulation. The
@@ -207,11 +217,22 @@ fn switch() -> Result<(), RootError> {
     Ok(())
 }
 
+/// Deletes what lies on the initramfs, which must be this process's root
+/// still: everything on the root's device, not crossing into mounts.
+pub(super) fn free_initramfs() {
+    if let Ok(meta) = std::fs::metadata("/") {
+        let bytes = remove_tree_on(Path::new("/"), meta.dev());
+        tracing::debug!("initramfs freed: {} KiB of files", bytes / 1024);
+    }
+}
+
 /// Deletes what lies on device `dev` under `dir`, not crossing into mounts.
-fn remove_tree_on(dir: &Path, dev: u64) {
+/// Returns the bytes of the files it deleted.
+fn remove_tree_on(dir: &Path, dev: u64) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return 0;
     };
+    let mut freed = 0;
     for entry in entries.flatten() {
         let path = entry.path();
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -221,12 +242,13 @@ fn remove_tree_on(dir: &Path, dev: u64) {
             continue;
         }
         if meta.is_dir() {
-            remove_tree_on(&path, dev);
+            freed += remove_tree_on(&path, dev);
             let _ = std::fs::remove_dir(&path);
-        } else {
-            let _ = std::fs::remove_file(&path);
+        } else if std::fs::remove_file(&path).is_ok() {
+            freed += meta.len();
         }
     }
+    freed
 }
 
 #[cfg(test)]
