@@ -128,11 +128,15 @@ impl ModuleIndex {
                         match w {
                             "pre:" => in_pre = true,
                             "post:" => in_pre = false,
-                            m if in_pre => pre.push(canonical(m)),
+                            // As written: an alias keeps its dashes.
+                            m if in_pre => pre.push(m.to_string()),
                             _ => {}
                         }
                     }
-                    idx.softdep_pre.insert(canonical(module), pre);
+                    idx.softdep_pre
+                        .entry(canonical(module))
+                        .or_default()
+                        .extend(pre);
                 }
             }
         }
@@ -181,8 +185,9 @@ impl ModuleIndex {
     pub fn soft_dependencies(&self, name: &str) -> Vec<String> {
         let mut out = Vec::new();
         for pre in self.softdep_pre.get(&canonical(name)).into_iter().flatten() {
-            if self.modules.contains_key(pre) {
-                out.push(pre.clone());
+            let module = canonical(pre);
+            if self.modules.contains_key(&module) {
+                out.push(module);
             } else {
                 out.extend(self.lookup_alias(pre));
             }
@@ -1103,6 +1108,7 @@ mod tests {
              alias usb:v05DCpA[4-7]??d*dc*dsc*dp*ic*isc*ip*in* usb_storage\n\
              alias fs-btrfs btrfs\n\
              alias crc32c crc32c_generic\n\
+             alias crypto-crc32c crc32c_generic\n\
              alias acpi*:LNXPWRBN:* button\n",
         );
         w(
@@ -1111,7 +1117,8 @@ mod tests {
         );
         w(
             "modules.softdep",
-            "# Soft dependencies\nsoftdep btrfs pre: crc32c_intel crc32c missing_one\n",
+            // depmod writes a line for each MODULE_SOFTDEP of a module.
+            "# Soft dependencies\nsoftdep btrfs pre: crc32c_intel\nsoftdep btrfs pre: crypto-crc32c missing_one\n",
         );
         dir
     }
