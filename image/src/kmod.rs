@@ -180,7 +180,7 @@ const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
 /// ship in, and the kernel (not enforcing signatures) would load them
 /// unsigned anyway: checking each one again is a SHA-256 over every byte
 /// loaded, and under emulation that is a good part of loading.
-pub fn unsigned(module: &[u8]) -> &[u8] {
+fn unsigned(module: &[u8]) -> &[u8] {
     let Some(rest) = module.strip_suffix(SIGNATURE_MARKER) else {
         return module;
     };

@@ -64,8 +64,6 @@ fn boot_and_read(o: &NodeOptions) -> Result<(Node, Boot1), String> {
     ))
 }
 
-/// Waits for the lease QEMU's user network hands out (10.0.2.15), as the
-/// network module reports it; it may come before or after the ready line.
 /// The console line `pred` picks (waiting up to 2 min for it), printed
 /// under the case's result.
 fn shown(node: &mut Node, what: &str, pred: impl Fn(&str) -> bool) -> Result<String, String> {
@@ -76,6 +74,8 @@ fn shown(node: &mut Node, what: &str, pred: impl Fn(&str) -> bool) -> Result<Str
     Ok(line)
 }
 
+/// Waits for the lease QEMU's user network hands out (10.0.2.15), as the
+/// network module reports it; it may come before or after the ready line.
 fn wait_for_lease(node: &mut Node) -> Result<String, String> {
     node.find_or_wait_for_line(
         "the DHCP lease (network: zn0 bound 10.0.2.15/...)",

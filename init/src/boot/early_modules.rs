@@ -15,17 +15,16 @@
 use std::io::Read;
 use std::os::fd::OwnedFd;
 
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::ForkResult;
 
 use super::kmod;
 
 /// The list in the initramfs.
-pub const LIST: &str = "/etc/zeronode/modules-early";
+const LIST: &str = "/etc/zeronode/modules-early";
 
 /// The child at work; drop it (or call [`Child::leave_initramfs`]) once
 /// PID 1 no longer needs anything in the initramfs.
 pub struct Child {
-    pub pid: Pid,
     /// Held open until PID 1 leaves the initramfs: the child frees it on EOF.
     leaving: OwnedFd,
 }
@@ -63,10 +62,7 @@ pub fn start(loader: kmod::Loader) -> Option<Child> {
         Ok(ForkResult::Parent { child }) => {
             drop(wait_end);
             tracing::debug!("early module list loading in pid {child}");
-            Some(Child {
-                pid: child,
-                leaving,
-            })
+            Some(Child { leaving })
         }
         Ok(ForkResult::Child) => {
             drop(leaving);
