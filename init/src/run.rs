@@ -17,8 +17,10 @@ use crate::supervisor::{process, Channels, Supervisor};
 /// Where the `zeronode: ready in N ms` figure counts from.
 #[derive(Debug, Clone, Copy)]
 pub enum ReadyClock {
-    /// PID 1: ms since the kernel started (CLOCK_BOOTTIME).
-    KernelBoot,
+    /// PID 1: ms since the kernel started (CLOCK_BOOTTIME). The kernel's
+    /// own start ran in this very process before /init: the CPU time it
+    /// had used then, in ms, is not init's.
+    KernelBoot { cpu_at_init_ms: u64 },
     /// Process mode: ms since this process started.
     ProcessStart(Instant),
 }
@@ -26,9 +28,11 @@ pub enum ReadyClock {
 impl ReadyClock {
     pub fn elapsed_ms(&self) -> u128 {
         match self {
-            ReadyClock::KernelBoot => nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-                .map(|t| t.tv_sec() as u128 * 1000 + t.tv_nsec() as u128 / 1_000_000)
-                .unwrap_or(0),
+            ReadyClock::KernelBoot { .. } => {
+                nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+                    .map(|t| t.tv_sec() as u128 * 1000 + t.tv_nsec() as u128 / 1_000_000)
+                    .unwrap_or(0)
+            }
             ReadyClock::ProcessStart(t) => t.elapsed().as_millis(),
         }
     }
@@ -112,7 +116,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<PowerAction> {
     let mut ready_said = false;
     let action = loop {
         if !ready_said && sup.is_ready() {
-            say_ready(&opts.ready_clock);
+            say_ready(&opts.ready_clock, &sup);
             ready_said = true;
             sup.release_after_ready();
             if let Some(tx) = &opts.on_ready {
@@ -171,7 +175,7 @@ const LOG_DRAIN: Duration = Duration::from_millis(200);
 
 /// The one line that says the node is up. A console that fails is not a
 /// reason to stop.
-fn say_ready(clock: &ReadyClock) {
+fn say_ready(clock: &ReadyClock, sup: &Supervisor) {
     crate::boot::logging::say(&format!("zeronode: ready in {} ms", clock.elapsed_ms()));
     // What the supervisor costs the node, for operators and the boot benchmark.
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
@@ -200,6 +204,55 @@ fn say_ready(clock: &ReadyClock) {
             cpu.idle_ms
         );
     }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let before = match clock {
+            ReadyClock::KernelBoot { cpu_at_init_ms } => *cpu_at_init_ms,
+            ReadyClock::ProcessStart(_) => 0,
+        };
+        let mut by_process = vec![(
+            "init".to_string(),
+            Some(own_cpu_ms().saturating_sub(before)),
+        )];
+        for (name, pid) in sup.processes() {
+            by_process.push((name.to_string(), process_cpu_ms(&pid.to_string())));
+        }
+        let listed: Vec<String> = by_process
+            .iter()
+            .filter_map(|(name, ms)| Some(format!("{name} {} ms", (*ms)?)))
+            .collect();
+        tracing::debug!("CPU time by process: {}", listed.join(", "));
+    }
+}
+
+/// User and system CPU time of this process and its reaped children, in ms.
+pub fn own_cpu_ms() -> u64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let ms = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1000 + t.tv_usec() as u64 / 1000;
+    [UsageWho::RUSAGE_SELF, UsageWho::RUSAGE_CHILDREN]
+        .into_iter()
+        .filter_map(|who| getrusage(who).ok())
+        .map(|u| ms(u.user_time()) + ms(u.system_time()))
+        .sum()
+}
+
+/// User and system CPU time of /proc/PID, with its reaped children's: the
+/// rest of "busy" is the kernel's own threads and interrupts.
+fn process_cpu_ms(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_ms(&stat)
+}
+
+/// utime, stime, cutime and cstime (fields 14-17) of a /proc/PID/stat line,
+/// counted after the command's closing parenthesis, which may hold spaces.
+fn stat_cpu_ms(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let ticks: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    (ticks.len() == 4).then(|| ticks.iter().sum::<u64>() * 10)
 }
 
 /// The summed CPU time of all CPUs since boot, from /proc/stat.
@@ -245,5 +298,13 @@ mod tests {
         );
         assert_eq!(CpuTime::parse("cpu0 1 2 3\n"), None);
         assert_eq!(CpuTime::parse("cpu  1 2 x 4 5 6 7 8\n"), None);
+    }
+
+    #[test]
+    fn a_process_cpu_time_is_its_own_and_its_reaped_childrens() {
+        let stat = "127 (zeronode (x) y) S 1 127 127 0 -1 4194560 900 5 2 0 31 12 4 3 20 0 1 0 481 20000000 700";
+        assert_eq!(stat_cpu_ms(stat), Some((31 + 12 + 4 + 3) * 10));
+        assert_eq!(stat_cpu_ms("127 (short) S 1 127"), None);
+        assert_eq!(stat_cpu_ms("no parenthesis"), None);
     }
 }

@@ -27,6 +27,7 @@ pub fn main() -> ! {
 }
 
 fn boot() -> Result<std::convert::Infallible, String> {
+    let cpu_at_init_ms = run::own_cpu_ms();
     mounts::mount_all(Path::new("/"), mounts::KERNEL_API).map_err(|e| e.to_string())?;
     let cfg = read_cmdline();
 
@@ -70,7 +71,7 @@ fn boot() -> Result<std::convert::Infallible, String> {
     let opts = RunOptions {
         services,
         control_socket: Some(CONTROL_SOCKET.into()),
-        ready_clock: ReadyClock::KernelBoot,
+        ready_clock: ReadyClock::KernelBoot { cpu_at_init_ms },
         subreaper: false,
         on_ready: Some(ready_tx),
     };
