@@ -491,13 +491,14 @@ impl Loader {
         let mut roots = fixed.to_vec();
         let mut devices = Devices::default();
         let t = std::time::Instant::now();
-        let aliases = modaliases(sys);
+        let found = modaliases(sys);
         tracing::debug!(
             "coldplug: {} devices scanned in {} ms",
-            aliases.len(),
+            found.len(),
             t.elapsed().as_millis()
         );
-        roots.extend(devices.drivers(&self.index, aliases));
+        devices.awaiting = Some(Vec::new());
+        roots.extend(devices.drivers(&self.index, found));
         let (events, heard) = mpsc::channel();
         let stop = Stop::new();
         let mut rescan = uevents.is_none() || stop.is_none();
@@ -517,6 +518,9 @@ impl Loader {
                 stop.fire();
             }
         });
+        // Binding matters only until services start: the hotplug listener
+        // does not wait for it.
+        devices.awaiting = None;
         let mut late = LateDevices {
             uevents,
             devices,
@@ -586,8 +590,10 @@ impl Loader {
     /// The scheduler behind `load_many` and `coldplug`: workers run
     /// finit_module; this thread hands each module to them once its
     /// dependencies are in, and with `hotplug` adds the drivers of devices
-    /// that show up, until nothing loads and no device comes for
-    /// `UEVENT_IDLE` (at most `UEVENT_SETTLE_MAX` of such waiting).
+    /// that show up, until nothing loads and no device comes for a while:
+    /// `BOUND_QUIET` once every device a module was loaded for has its
+    /// driver, else `UEVENT_IDLE` (at most `UEVENT_SETTLE_MAX` of such
+    /// waiting).
     fn load_streaming(
         &mut self,
         roots: Vec<String>,
@@ -620,6 +626,7 @@ impl Loader {
             }
             drop(events);
             let mut waited = std::time::Duration::ZERO;
+            let mut quiet_since = std::time::Instant::now();
             loop {
                 run.dispatch(self, &jobs, report);
                 let event = if !run.in_flight.is_empty() {
@@ -633,25 +640,49 @@ impl Loader {
                     if waited >= UEVENT_SETTLE_MAX {
                         break;
                     }
+                    // A driver loaded asynchronously probes after
+                    // finit_module returns, and what it finds (virtio_pci's
+                    // disks and NICs) is announced then: until the devices
+                    // it was loaded for are bound, more may come.
+                    let unbound = h.devices.unbound(h.sys, &report.loaded);
+                    let quiet = if unbound == 0 {
+                        BOUND_QUIET
+                    } else {
+                        UEVENT_IDLE
+                    };
+                    let left = quiet.saturating_sub(quiet_since.elapsed());
                     let t = std::time::Instant::now();
-                    let e = heard.recv_timeout(UEVENT_IDLE);
+                    let e = heard.recv_timeout(left.min(BIND_POLL));
                     waited += t.elapsed();
                     match e {
                         Ok(e) => e,
+                        Err(mpsc::RecvTimeoutError::Timeout) if quiet_since.elapsed() < quiet => {
+                            continue
+                        }
                         Err(mpsc::RecvTimeoutError::Timeout) if *h.rescan => {
                             *h.rescan = false;
                             let found = h.devices.drivers(&self.index, modaliases(h.sys));
                             run.add(self, found, report);
                             continue;
                         }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if unbound > 0 {
+                                tracing::debug!(
+                                    "coldplug: {unbound} device(s) still without the driver loaded for them after {} ms quiet",
+                                    quiet.as_millis()
+                                );
+                            }
+                            break;
+                        }
                         Err(_) => break,
                     }
                 };
+                quiet_since = std::time::Instant::now();
                 match event {
                     Event::Loaded(m, result) => run.finish(self, m, result, report),
-                    Event::Device(alias) => {
+                    Event::Device(device) => {
                         if let Some(h) = hotplug.as_mut() {
-                            let found = h.devices.drivers(&self.index, [alias]);
+                            let found = h.devices.drivers(&self.index, [device]);
                             run.add(self, found, report);
                         }
                     }
@@ -686,8 +717,8 @@ type Job = (String, PathBuf);
 enum Event {
     /// A worker's finit_module ended.
     Loaded(String, Result<(), KmodError>),
-    /// A device was added: its modalias.
-    Device(String),
+    /// A device was added.
+    Device(Device),
     /// The uevent socket dropped messages (its buffer was full).
     Overflow,
 }
@@ -706,7 +737,7 @@ struct Hotplug<'a> {
 pub struct LateDevices {
     uevents: Option<Uevents>,
     devices: Devices,
-    pending: Vec<String>,
+    pending: Vec<Device>,
     /// Events were lost (or never heard): read /sys again first.
     rescan: bool,
     sys: PathBuf,
@@ -716,17 +747,28 @@ impl LateDevices {
     /// Notes what the uevent thread sent, for the next plan.
     fn hear(&mut self, event: Event) {
         match event {
-            Event::Device(alias) => self.pending.push(alias),
+            Event::Device(device) => self.pending.push(device),
             Event::Overflow => self.rescan = true,
             Event::Loaded(..) => {}
         }
     }
 }
 
-/// The devices coldplug has matched, by modalias.
+/// A device that may want a driver: its modalias, and its directory
+/// relative to /sys (through a bus or class list, or the uevent's DEVPATH).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub alias: String,
+    pub dir: PathBuf,
+}
+
+/// The devices coldplug and hotplug have matched, by modalias.
 #[derive(Default)]
 struct Devices {
     seen: HashSet<String>,
+    /// While coldplug runs: devices with matching modules, whose binding
+    /// `unbound` watches, with those modules.
+    awaiting: Option<Vec<(PathBuf, Vec<String>)>>,
 }
 
 impl Devices {
@@ -734,15 +776,37 @@ impl Devices {
     fn drivers(
         &mut self,
         index: &ModuleIndex,
-        aliases: impl IntoIterator<Item = String>,
+        found: impl IntoIterator<Item = Device>,
     ) -> Vec<String> {
         let mut out = Vec::new();
-        for alias in aliases {
-            if self.seen.insert(alias.clone()) {
-                out.extend(index.lookup_alias(&alias));
+        for device in found {
+            let modules = index.lookup_alias(&device.alias);
+            if let (Some(awaiting), false) = (self.awaiting.as_mut(), modules.is_empty()) {
+                awaiting.push((device.dir, modules.clone()));
+            }
+            if self.seen.insert(device.alias) {
+                out.extend(modules);
             }
         }
         out
+    }
+
+    /// How many devices that a module of `loaded` was loaded for have no
+    /// driver yet; forgets those that do, and those whose modules were not
+    /// loaded here (in already, or failed): they wait for nothing. A class
+    /// device (an input device, which evdev serves) is never bound.
+    fn unbound(&mut self, sys: &Path, loaded: &[String]) -> usize {
+        let Some(awaiting) = self.awaiting.as_mut() else {
+            return 0;
+        };
+        awaiting.retain(|(dir, modules)| {
+            let dir = sys.join(dir);
+            modules.iter().any(|m| loaded.contains(m))
+                && std::fs::read_link(dir.join("subsystem"))
+                    .is_ok_and(|s| s.to_string_lossy().contains("/bus/"))
+                && !dir.join("driver").exists()
+        });
+        awaiting.len()
     }
 }
 
@@ -891,6 +955,12 @@ pub fn live_modules(proc_modules: &str) -> HashSet<String> {
 /// How long the uevent stream must bring no device that wants a driver for
 /// coldplug to be done.
 const UEVENT_IDLE: std::time::Duration = std::time::Duration::from_millis(150);
+/// How long no device must come once every device a module was loaded for
+/// is bound: only what a probe that just ended announced can still be on
+/// its way to the uevent thread.
+const BOUND_QUIET: std::time::Duration = std::time::Duration::from_millis(30);
+/// How often, until then, coldplug looks at the devices' binding.
+const BIND_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 /// And the most coldplug waits for it, whatever the hardware keeps saying.
 const UEVENT_SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -930,7 +1000,7 @@ impl Uevents {
             loop {
                 let message = match self.socket.recv(&mut buf) {
                     Ok([]) | Err(nix::Error::EAGAIN) => break,
-                    Ok(msg) => added_modalias(msg).map(Event::Device),
+                    Ok(msg) => added_device(msg).map(Event::Device),
                     Err(nix::Error::ENOBUFS) => Some(Event::Overflow),
                     Err(nix::Error::EINTR) => continue,
                     Err(_) => return,
@@ -945,10 +1015,14 @@ impl Uevents {
     }
 }
 
-/// The MODALIAS of an `add` uevent (`add@/devices/...\0KEY=value\0...`).
-pub fn added_modalias(msg: &[u8]) -> Option<String> {
+/// The device of an `add` uevent (`add@/devices/...\0KEY=value\0...`)
+/// with a MODALIAS.
+pub fn added_device(msg: &[u8]) -> Option<Device> {
     let event = Uevent::parse(msg).filter(|e| e.action == "add")?;
-    event.get("MODALIAS").map(str::to_string)
+    Some(Device {
+        alias: event.get("MODALIAS")?.to_string(),
+        dir: PathBuf::from(event.devpath.trim_start_matches('/')),
+    })
 }
 
 fn finit(path: &Path, async_probe: bool) -> Result<(), KmodError> {
@@ -981,7 +1055,7 @@ fn finit(path: &Path, async_probe: bool) -> Result<(), KmodError> {
 /// keeps (`/sys/bus/*/devices/*` and `/sys/class/*/*`, symlinks to the
 /// devices) rather than a walk of the whole /sys/devices tree: a few hundred
 /// reads instead of thousands, which shows under emulation.
-pub fn modaliases(sys: &Path) -> Vec<String> {
+pub fn modaliases(sys: &Path) -> Vec<Device> {
     let mut out = Vec::new();
     let groups = [
         (sys.join("bus"), Some("devices")),
@@ -1002,8 +1076,11 @@ pub fn modaliases(sys: &Path) -> Vec<String> {
             for dev in devices.flatten() {
                 if let Ok(text) = std::fs::read_to_string(dev.path().join("modalias")) {
                     let alias = text.trim();
-                    if !alias.is_empty() {
-                        out.push(alias.to_string());
+                    if let (false, Ok(dir)) = (alias.is_empty(), dev.path().strip_prefix(sys)) {
+                        out.push(Device {
+                            alias: alias.to_string(),
+                            dir: dir.to_path_buf(),
+                        });
                     }
                 }
             }
@@ -1247,19 +1324,30 @@ mod tests {
         );
     }
 
+    /// A device as the lists in /sys or a uevent give it.
+    fn device(alias: &str, dir: &str) -> Device {
+        Device {
+            alias: alias.into(),
+            dir: dir.into(),
+        }
+    }
+
     #[test]
-    fn uevent_modalias() {
+    fn uevent_device() {
         let add = b"add@/devices/pci0000:00/virtio3\0ACTION=add\0SUBSYSTEM=virtio\0MODALIAS=virtio:d00000003v00001AF4\0SEQNUM=812\0";
         assert_eq!(
-            added_modalias(add).as_deref(),
-            Some("virtio:d00000003v00001AF4")
+            added_device(add),
+            Some(device(
+                "virtio:d00000003v00001AF4",
+                "devices/pci0000:00/virtio3"
+            ))
         );
         let remove = b"remove@/devices/x\0ACTION=remove\0MODALIAS=virtio:d1\0";
-        assert_eq!(added_modalias(remove), None);
-        assert_eq!(added_modalias(b"add@/devices/x\0ACTION=add\0"), None);
-        assert_eq!(added_modalias(b""), None);
+        assert_eq!(added_device(remove), None);
+        assert_eq!(added_device(b"add@/devices/x\0ACTION=add\0"), None);
+        assert_eq!(added_device(b""), None);
         // libudev's own messages on the same socket family start otherwise.
-        assert_eq!(added_modalias(b"libudev\0\xfe\xed"), None);
+        assert_eq!(added_device(b"libudev\0\xfe\xed"), None);
     }
 
     #[test]
@@ -1369,7 +1457,10 @@ mod tests {
         let (events, heard) = mpsc::channel();
         // As the uevent thread sends it: a virtio NIC that a bus driver brought.
         events
-            .send(Event::Device("virtio:d00000001v00001AF4".into()))
+            .send(Event::Device(device(
+                "virtio:d00000001v00001AF4",
+                "devices/virtio1",
+            )))
             .unwrap();
         let mut rescan = false;
         let hotplug = Hotplug {
@@ -1403,6 +1494,107 @@ mod tests {
         assert!(t.elapsed() < UEVENT_SETTLE_MAX, "{:?}", t.elapsed());
     }
 
+    /// A /sys with two virtio devices on their bus (virtio1 bound to
+    /// virtio_net, virtio2 not) and an input device of a class.
+    fn sys_with_devices() -> tempfile::TempDir {
+        let sys = tempfile::tempdir().unwrap();
+        let s = sys.path();
+        for d in [
+            "bus/virtio/drivers/virtio_net",
+            "class/input",
+            "devices/virtio1",
+            "devices/virtio2",
+            "devices/input3",
+        ] {
+            std::fs::create_dir_all(s.join(d)).unwrap();
+        }
+        let link = |target: &str, at: &str| std::os::unix::fs::symlink(target, s.join(at)).unwrap();
+        link("../../bus/virtio", "devices/virtio1/subsystem");
+        link("../../bus/virtio", "devices/virtio2/subsystem");
+        link("../../class/input", "devices/input3/subsystem");
+        link(
+            "../../bus/virtio/drivers/virtio_net",
+            "devices/virtio1/driver",
+        );
+        sys
+    }
+
+    #[test]
+    fn only_bus_devices_a_module_was_loaded_for_wait_for_their_driver() {
+        let dir = fixture();
+        let index = ModuleIndex::load(dir.path()).unwrap();
+        let sys = sys_with_devices();
+        let mut devices = Devices {
+            awaiting: Some(Vec::new()),
+            ..Devices::default()
+        };
+        let found = devices.drivers(
+            &index,
+            [
+                device("virtio:d00000001v00001AF4", "devices/virtio1"),
+                device("virtio:d00000001v00001AF4", "devices/virtio2"),
+                device("acpi:LNXPWRBN:", "devices/input3"),
+            ],
+        );
+        // Two NICs of one kind: one driver to load.
+        assert_eq!(found, ["virtio_net", "button"]);
+        // Nothing loaded here (in already, or failed): nothing to wait for.
+        assert_eq!(devices.unbound(sys.path(), &[]), 0);
+
+        let mut devices = Devices {
+            awaiting: Some(Vec::new()),
+            ..Devices::default()
+        };
+        devices.drivers(
+            &index,
+            [
+                device("virtio:d00000001v00001AF4", "devices/virtio1"),
+                device("virtio:d00000001v00001AF4", "devices/virtio2"),
+                device("acpi:LNXPWRBN:", "devices/input3"),
+            ],
+        );
+        let loaded = ["virtio_net".to_string(), "button".to_string()];
+        // virtio1 is bound; input3 is a class device, never bound.
+        assert_eq!(devices.unbound(sys.path(), &loaded), 1);
+        std::os::unix::fs::symlink(
+            "../../bus/virtio/drivers/virtio_net",
+            sys.path().join("devices/virtio2/driver"),
+        )
+        .unwrap();
+        assert_eq!(devices.unbound(sys.path(), &loaded), 0);
+    }
+
+    #[test]
+    fn coldplug_waits_for_a_device_whose_driver_has_not_bound_it() {
+        let dir = fixture();
+        let sys = sys_with_devices();
+        let mut loader = stand_in(dir.path(), instant_load);
+        let mut devices = Devices {
+            awaiting: Some(Vec::new()),
+            ..Devices::default()
+        };
+        let (events, heard) = mpsc::channel();
+        // virtio2's driver loads, but its (asynchronous) probe never binds it.
+        events
+            .send(Event::Device(device(
+                "virtio:d00000001v00001AF4",
+                "devices/virtio2",
+            )))
+            .unwrap();
+        let mut rescan = false;
+        let hotplug = Hotplug {
+            sys: sys.path(),
+            devices: &mut devices,
+            rescan: &mut rescan,
+        };
+        let mut report = LoadReport::default();
+        let t = std::time::Instant::now();
+        loader.load_streaming(Vec::new(), &mut report, events, &heard, Some(hotplug));
+        assert!(report.loaded.contains(&"virtio_net".to_string()));
+        // Not just BOUND_QUIET: the whole quiet time a probe may take.
+        assert!(t.elapsed() >= UEVENT_IDLE, "{:?}", t.elapsed());
+    }
+
     /// Loads seen by `recorded_load`, in order.
     static RECORDED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
@@ -1423,11 +1615,17 @@ mod tests {
         // then, while the node runs, the NIC again (a second port) and a
         // second stick of the same kind.
         let mut devices = Devices::default();
-        devices.drivers(&loader.index, ["virtio:d00000001v00001AF4".to_string()]);
+        devices.drivers(
+            &loader.index,
+            [device("virtio:d00000001v00001AF4", "devices/virtio1")],
+        );
         let mut late = LateDevices {
             uevents: None,
             devices,
-            pending: vec!["usb:v1234p5678d0100dc00dsc00dp00ic08isc06ip50in00".into()],
+            pending: vec![device(
+                "usb:v1234p5678d0100dc00dsc00dp00ic08isc06ip50in00",
+                "devices/usb1/1-1",
+            )],
             rescan: false,
             sys: sys.path().to_path_buf(),
         };
@@ -1437,7 +1635,9 @@ mod tests {
             "usb:v1234p5678d0100dc00dsc00dp00ic08isc06ip50in00",
             "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00",
         ] {
-            events.send(Event::Device(alias.into())).unwrap();
+            events
+                .send(Event::Device(device(alias, "devices/x")))
+                .unwrap();
         }
         drop(events);
         loader.serve_hotplug(&mut late, &heard);
@@ -1479,7 +1679,9 @@ mod tests {
         )
         .unwrap();
         let mut found = modaliases(sys.path());
-        found.sort();
+        found.sort_by(|a, b| a.alias.cmp(&b.alias));
+        assert_eq!(found[2].dir, Path::new("bus/virtio/devices/virtio0"));
+        let found: Vec<String> = found.into_iter().map(|d| d.alias).collect();
         // The CPU's features are cpu_feature_modules' business.
         assert_eq!(
             found,
