@@ -1448,34 +1448,39 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn a_device_announced_while_loading_gets_its_driver() {
+    /// Coldplug's loop over `roots`, with `announced` heard as it starts
+    /// (as the uevent thread sends it); what loaded and how long it took.
+    fn coldplug_loop(
+        sys: &Path,
+        devices: &mut Devices,
+        roots: Vec<String>,
+        announced: Device,
+    ) -> (LoadReport, std::time::Duration) {
         let dir = fixture();
-        let sys = tempfile::tempdir().unwrap();
         let mut loader = stand_in(dir.path(), instant_load);
-        let mut devices = Devices::default();
         let (events, heard) = mpsc::channel();
-        // As the uevent thread sends it: a virtio NIC that a bus driver brought.
-        events
-            .send(Event::Device(device(
-                "virtio:d00000001v00001AF4",
-                "devices/virtio1",
-            )))
-            .unwrap();
+        events.send(Event::Device(announced)).unwrap();
         let mut rescan = false;
         let hotplug = Hotplug {
-            sys: sys.path(),
-            devices: &mut devices,
+            sys,
+            devices,
             rescan: &mut rescan,
         };
         let mut report = LoadReport::default();
         let t = std::time::Instant::now();
-        loader.load_streaming(
+        loader.load_streaming(roots, &mut report, events, &heard, Some(hotplug));
+        (report, t.elapsed())
+    }
+
+    #[test]
+    fn a_device_announced_while_loading_gets_its_driver() {
+        let sys = tempfile::tempdir().unwrap();
+        // A virtio NIC that a bus driver brought.
+        let (report, took) = coldplug_loop(
+            sys.path(),
+            &mut Devices::default(),
             vec!["bridge".into()],
-            &mut report,
-            events,
-            &heard,
-            Some(hotplug),
+            device("virtio:d00000001v00001AF4", "devices/virtio1"),
         );
         let mut loaded = report.loaded.clone();
         loaded.sort();
@@ -1491,7 +1496,7 @@ mod tests {
             ]
         );
         // Done once no device came for UEVENT_IDLE, not at UEVENT_SETTLE_MAX.
-        assert!(t.elapsed() < UEVENT_SETTLE_MAX, "{:?}", t.elapsed());
+        assert!(took < UEVENT_SETTLE_MAX, "{took:?}");
     }
 
     /// A /sys with two virtio devices on their bus (virtio1 bound to
@@ -1524,35 +1529,27 @@ mod tests {
         let dir = fixture();
         let index = ModuleIndex::load(dir.path()).unwrap();
         let sys = sys_with_devices();
-        let mut devices = Devices {
-            awaiting: Some(Vec::new()),
-            ..Devices::default()
+        let matched = || {
+            let mut devices = Devices {
+                awaiting: Some(Vec::new()),
+                ..Devices::default()
+            };
+            let found = devices.drivers(
+                &index,
+                [
+                    device("virtio:d00000001v00001AF4", "devices/virtio1"),
+                    device("virtio:d00000001v00001AF4", "devices/virtio2"),
+                    device("acpi:LNXPWRBN:", "devices/input3"),
+                ],
+            );
+            // Two NICs of one kind: one driver to load.
+            assert_eq!(found, ["virtio_net", "button"]);
+            devices
         };
-        let found = devices.drivers(
-            &index,
-            [
-                device("virtio:d00000001v00001AF4", "devices/virtio1"),
-                device("virtio:d00000001v00001AF4", "devices/virtio2"),
-                device("acpi:LNXPWRBN:", "devices/input3"),
-            ],
-        );
-        // Two NICs of one kind: one driver to load.
-        assert_eq!(found, ["virtio_net", "button"]);
         // Nothing loaded here (in already, or failed): nothing to wait for.
-        assert_eq!(devices.unbound(sys.path(), &[]), 0);
+        assert_eq!(matched().unbound(sys.path(), &[]), 0);
 
-        let mut devices = Devices {
-            awaiting: Some(Vec::new()),
-            ..Devices::default()
-        };
-        devices.drivers(
-            &index,
-            [
-                device("virtio:d00000001v00001AF4", "devices/virtio1"),
-                device("virtio:d00000001v00001AF4", "devices/virtio2"),
-                device("acpi:LNXPWRBN:", "devices/input3"),
-            ],
-        );
+        let mut devices = matched();
         let loaded = ["virtio_net".to_string(), "button".to_string()];
         // virtio1 is bound; input3 is a class device, never bound.
         assert_eq!(devices.unbound(sys.path(), &loaded), 1);
@@ -1566,33 +1563,21 @@ mod tests {
 
     #[test]
     fn coldplug_waits_for_a_device_whose_driver_has_not_bound_it() {
-        let dir = fixture();
         let sys = sys_with_devices();
-        let mut loader = stand_in(dir.path(), instant_load);
         let mut devices = Devices {
             awaiting: Some(Vec::new()),
             ..Devices::default()
         };
-        let (events, heard) = mpsc::channel();
         // virtio2's driver loads, but its (asynchronous) probe never binds it.
-        events
-            .send(Event::Device(device(
-                "virtio:d00000001v00001AF4",
-                "devices/virtio2",
-            )))
-            .unwrap();
-        let mut rescan = false;
-        let hotplug = Hotplug {
-            sys: sys.path(),
-            devices: &mut devices,
-            rescan: &mut rescan,
-        };
-        let mut report = LoadReport::default();
-        let t = std::time::Instant::now();
-        loader.load_streaming(Vec::new(), &mut report, events, &heard, Some(hotplug));
+        let (report, took) = coldplug_loop(
+            sys.path(),
+            &mut devices,
+            Vec::new(),
+            device("virtio:d00000001v00001AF4", "devices/virtio2"),
+        );
         assert!(report.loaded.contains(&"virtio_net".to_string()));
         // Not just BOUND_QUIET: the whole quiet time a probe may take.
-        assert!(t.elapsed() >= UEVENT_IDLE, "{:?}", t.elapsed());
+        assert!(took >= UEVENT_IDLE, "{took:?}");
     }
 
     /// Loads seen by `recorded_load`, in order.
