@@ -209,17 +209,11 @@ fn say_ready(clock: &ReadyClock, sup: &Supervisor) {
             ReadyClock::KernelBoot { cpu_at_init_ms } => *cpu_at_init_ms,
             ReadyClock::ProcessStart(_) => 0,
         };
-        let mut by_process = vec![(
-            "init".to_string(),
-            Some(own_cpu_ms().saturating_sub(before)),
-        )];
-        for (name, pid) in sup.processes() {
-            by_process.push((name.to_string(), process_cpu_ms(&pid.to_string())));
-        }
-        let listed: Vec<String> = by_process
-            .iter()
-            .filter_map(|(name, ms)| Some(format!("{name} {} ms", (*ms)?)))
-            .collect();
+        let mut listed = vec![format!("init {} ms", own_cpu_ms().saturating_sub(before))];
+        listed.extend(
+            sup.processes()
+                .filter_map(|(name, pid)| Some(format!("{name} {} ms", process_cpu_ms(pid)?))),
+        );
         tracing::debug!("CPU time by process: {}", listed.join(", "));
     }
 }
@@ -237,7 +231,7 @@ pub fn own_cpu_ms() -> u64 {
 
 /// User and system CPU time of /proc/PID, with its reaped children's: the
 /// rest of "busy" is the kernel's own threads and interrupts.
-fn process_cpu_ms(pid: &str) -> Option<u64> {
+fn process_cpu_ms(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat_cpu_ms(&stat)
 }
@@ -246,13 +240,20 @@ fn process_cpu_ms(pid: &str) -> Option<u64> {
 /// counted after the command's closing parenthesis, which may hold spaces.
 fn stat_cpu_ms(stat: &str) -> Option<u64> {
     let (_, rest) = stat.rsplit_once(')')?;
-    let ticks: Vec<u64> = rest
+    Some(ticks_as_ms(rest, 11, 4)?.iter().sum())
+}
+
+/// `count` numbers of `text`'s whitespace-separated words after the first
+/// `skip`, as ms: the kernel counts CPU time in USER_HZ ticks, which Linux
+/// fixes at 100 a second for user space. None if fewer, or not numbers.
+fn ticks_as_ms(text: &str, skip: usize, count: usize) -> Option<Vec<u64>> {
+    let ms: Vec<u64> = text
         .split_whitespace()
-        .skip(11)
-        .take(4)
-        .map(|t| t.parse().ok())
+        .skip(skip)
+        .take(count)
+        .map(|t| t.parse::<u64>().ok().map(|t| t * 10))
         .collect::<Option<_>>()?;
-    (ticks.len() == 4).then(|| ticks.iter().sum::<u64>() * 10)
+    (ms.len() == count).then_some(ms)
 }
 
 /// The summed CPU time of all CPUs since boot, from /proc/stat.
@@ -263,21 +264,14 @@ struct CpuTime {
 }
 
 impl CpuTime {
-    /// From the `cpu` line: user nice system idle iowait irq softirq steal,
-    /// in USER_HZ ticks, which Linux fixes at 100 a second for user space.
+    /// From the `cpu` line: user nice system idle iowait irq softirq steal.
     fn parse(stat: &str) -> Option<Self> {
         let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-        let ticks: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .map(|t| t.parse().ok())
-            .collect::<Option<_>>()?;
-        let (idle, iowait) = (*ticks.get(3)?, *ticks.get(4)?);
-        let busy = ticks.iter().sum::<u64>() - idle - iowait;
+        let ms = ticks_as_ms(line, 1, 8)?;
+        let idle_ms = ms[3] + ms[4];
         Some(CpuTime {
-            busy_ms: busy * 10,
-            idle_ms: (idle + iowait) * 10,
+            busy_ms: ms.iter().sum::<u64>() - idle_ms,
+            idle_ms,
         })
     }
 }

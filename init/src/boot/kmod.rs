@@ -6,6 +6,7 @@
 //! the virtio devices) while the rest still load: no round waits for the
 //! slowest module of the one before.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
@@ -765,7 +766,9 @@ pub struct Device {
 /// The devices coldplug and hotplug have matched, by modalias.
 #[derive(Default)]
 struct Devices {
-    seen: HashSet<String>,
+    /// Each modalias seen, with its modules: looking one up is a glob
+    /// match over all of modules.alias, once a modalias.
+    seen: HashMap<String, Vec<String>>,
     /// While coldplug runs: devices with matching modules, whose binding
     /// `unbound` watches, with those modules.
     awaiting: Option<Vec<(PathBuf, Vec<String>)>>,
@@ -780,12 +783,16 @@ impl Devices {
     ) -> Vec<String> {
         let mut out = Vec::new();
         for device in found {
-            let modules = index.lookup_alias(&device.alias);
+            let modules = match self.seen.entry(device.alias) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => {
+                    let modules = index.lookup_alias(new.key());
+                    out.extend(modules.iter().cloned());
+                    new.insert(modules)
+                }
+            };
             if let (Some(awaiting), false) = (self.awaiting.as_mut(), modules.is_empty()) {
                 awaiting.push((device.dir, modules.clone()));
-            }
-            if self.seen.insert(device.alias) {
-                out.extend(modules);
             }
         }
         out

@@ -337,9 +337,6 @@ impl Supervisor {
         }
     }
 
-    /// True once every service marked `ready` is up; with none marked, once
-    /// every service but the `after_ready` ones has been started, refused
-    /// or has failed.
     /// Each service that has a process now, by name, with its pid.
     pub fn processes(&self) -> impl Iterator<Item = (&str, i32)> + '_ {
         self.svcs
@@ -347,6 +344,9 @@ impl Supervisor {
             .filter_map(|s| Some((s.spec.name.as_str(), s.state.pid()?)))
     }
 
+    /// True once every service marked `ready` is up; with none marked, once
+    /// every service but the `after_ready` ones has been started, refused
+    /// or has failed.
     pub fn is_ready(&self) -> bool {
         if self.marked > 0 {
             self.marked_up == self.marked
