@@ -15,9 +15,11 @@ pub fn direct_boot_ready_then_power_button() -> Check {
     let mut node = start(&o)?;
     let ms = node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     ensure(ms > 0, || "ready in 0 ms".into())?;
-    // The fixed module list loads beside the supervisor: wait for its report.
+    // The fixed module list loads beside the supervisor: wait for the names
+    // it loaded (its count comes a line earlier, and the runtime image can
+    // be verified before either, so neither wait below covers this one).
     node.find_or_wait_for_line("the fixed module list", Duration::from_secs(60), |l| {
-        l.contains("fixed module list:")
+        l.contains("fixed module list loaded:")
     })
     .map_err(|e| e.to_string())?;
     // After ready, the runtime image (containerd, runc, QEMU) is checked
