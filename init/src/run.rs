@@ -19,8 +19,12 @@ use crate::supervisor::{process, Channels, Supervisor};
 pub enum ReadyClock {
     /// PID 1: ms since the kernel started (CLOCK_BOOTTIME). The kernel's
     /// own start ran in this very process before /init: the CPU time it
-    /// had used then, in ms, is not init's.
-    KernelBoot { cpu_at_init_ms: u64 },
+    /// had used then, in ms, is not init's; `all_cpus_at_init` is what all
+    /// CPUs had done by then (None if /proc/stat could not be read).
+    KernelBoot {
+        cpu_at_init_ms: u64,
+        all_cpus_at_init: Option<CpuTime>,
+    },
     /// Process mode: ms since this process started.
     ProcessStart(Instant),
 }
@@ -194,19 +198,29 @@ fn say_ready(clock: &ReadyClock, sup: &Supervisor) {
     }
     // Whether the way to ready was bound by the CPUs or by waiting: what to
     // look at first when tuning the boot.
-    if let Some(cpu) = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| CpuTime::parse(&s))
-    {
+    if let Some(cpu) = CpuTime::now() {
+        // The kernel's own start is mostly one CPU's work: what came after
+        // /init is the part init can change.
+        let since_init = match clock {
+            ReadyClock::KernelBoot {
+                all_cpus_at_init: Some(at_init),
+                ..
+            } => format!(
+                "; since /init {} ms busy, {} ms idle",
+                cpu.busy_ms.saturating_sub(at_init.busy_ms),
+                cpu.idle_ms.saturating_sub(at_init.idle_ms)
+            ),
+            _ => String::new(),
+        };
         tracing::info!(
-            "CPU time since boot: {} ms busy, {} ms idle",
+            "CPU time since boot: {} ms busy, {} ms idle{since_init}",
             cpu.busy_ms,
             cpu.idle_ms
         );
     }
     if tracing::enabled!(tracing::Level::DEBUG) {
         let before = match clock {
-            ReadyClock::KernelBoot { cpu_at_init_ms } => *cpu_at_init_ms,
+            ReadyClock::KernelBoot { cpu_at_init_ms, .. } => *cpu_at_init_ms,
             ReadyClock::ProcessStart(_) => 0,
         };
         let mut listed = vec![format!("init {} ms", own_cpu_ms().saturating_sub(before))];
@@ -258,12 +272,17 @@ fn ticks_as_ms(text: &str, skip: usize, count: usize) -> Option<Vec<u64>> {
 
 /// The summed CPU time of all CPUs since boot, from /proc/stat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct CpuTime {
+pub struct CpuTime {
     busy_ms: u64,
     idle_ms: u64,
 }
 
 impl CpuTime {
+    /// So far; None if /proc is not mounted or its format is unexpected.
+    pub fn now() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
     /// From the `cpu` line: user nice system idle iowait irq softirq steal.
     fn parse(stat: &str) -> Option<Self> {
         let line = stat.lines().find(|l| l.starts_with("cpu "))?;

@@ -29,6 +29,7 @@ pub fn main() -> ! {
 fn boot() -> Result<std::convert::Infallible, String> {
     let cpu_at_init_ms = run::own_cpu_ms();
     mounts::mount_all(Path::new("/"), mounts::KERNEL_API).map_err(|e| e.to_string())?;
+    let all_cpus_at_init = run::CpuTime::now();
     let cfg = read_cmdline();
 
     if rootfs::has_system_image(Path::new(rootfs::SYSTEM_IMAGE), &cfg).map_err(|e| e.to_string())? {
@@ -71,7 +72,10 @@ fn boot() -> Result<std::convert::Infallible, String> {
     let opts = RunOptions {
         services,
         control_socket: Some(CONTROL_SOCKET.into()),
-        ready_clock: ReadyClock::KernelBoot { cpu_at_init_ms },
+        ready_clock: ReadyClock::KernelBoot {
+            cpu_at_init_ms,
+            all_cpus_at_init,
+        },
         subreaper: false,
         on_ready: Some(ready_tx),
     };
