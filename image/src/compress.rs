@@ -1,6 +1,6 @@
-//! Initramfs compression. Both encoders are deterministic at a fixed level
-//! (single-threaded zstd, gzip with a zero mtime and no file name), so the
-//! bytes depend only on the input.
+//! Initramfs compression. Every encoder is deterministic at a fixed level
+//! (single-threaded zstd, gzip with a zero mtime and no file name, lz4 in
+//! independent blocks), so the bytes depend only on the input.
 //!
 //! Which one the image uses is declared in image/zeronode.toml, with the
 //! TCG measurements behind the choice: the kernel decompresses in emulated
@@ -14,6 +14,16 @@ use crate::cpio::{self, Entry};
 /// zstd level: 19 is the best ratio before the "ultra" levels, whose larger
 /// windows the kernel's decompressor may refuse.
 const ZSTD_LEVEL: i32 = 19;
+
+/// lz4 legacy format (lib/decompress_unlz4.c): this magic, then blocks of
+/// at most 8 MiB of input, each as its compressed length (u32 LE) and the
+/// compressed bytes. No end mark: the kernel stops at the end of its input
+/// or at a zero length, so before another archive come four zero bytes.
+const LZ4_LEGACY_MAGIC: u32 = 0x184C_2102;
+const LZ4_LEGACY_BLOCK: usize = 8 << 20;
+/// lz4's high-compression level 9: liblz4's default for HC; the kernel
+/// decodes every level at the same speed.
+const LZ4_HC_LEVEL: i32 = 9;
 
 pub fn compress(data: &[u8], how: Compression) -> std::io::Result<Vec<u8>> {
     match how {
@@ -33,6 +43,17 @@ pub fn compress(data: &[u8], how: Compression) -> std::io::Result<Vec<u8>> {
             enc.include_checksum(true)?;
             enc.write_all(data)?;
             enc.finish()
+        }
+        Compression::Lz4 => {
+            let mut out = LZ4_LEGACY_MAGIC.to_le_bytes().to_vec();
+            for block in data.chunks(LZ4_LEGACY_BLOCK) {
+                let mode = lz4::block::CompressionMode::HIGHCOMPRESSION(LZ4_HC_LEVEL);
+                let packed = lz4::block::compress(block, Some(mode), false)?;
+                // At most lz4's bound for 8 MiB, well under 4 GiB.
+                out.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+                out.extend_from_slice(&packed);
+            }
+            Ok(out)
         }
     }
 }
@@ -54,8 +75,9 @@ pub fn initramfs(
     let mut out = compress(&raw, how)?;
     if !stored.is_empty() {
         // The kernel skips zeros between archives and wants each one's
-        // magic on a 4-byte boundary.
-        out.resize(out.len().next_multiple_of(4), 0);
+        // magic on a 4-byte boundary; an lz4 stream ends only at zeros.
+        let end = if how == Compression::Lz4 { 4 } else { 0 };
+        out.resize((out.len() + end).next_multiple_of(4), 0);
         cpio::write(&mut out, stored, mtime)?;
     }
     Ok(out)
@@ -106,7 +128,12 @@ mod tests {
     #[test]
     fn round_trips_and_is_reproducible() {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        for how in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        for how in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::Lz4,
+        ] {
             let a = compress(&data, how).unwrap();
             assert_eq!(a, compress(&data, how).unwrap(), "{how:?} differs");
             let back = match how {
@@ -119,8 +146,60 @@ mod tests {
                     v
                 }
                 Compression::Zstd => zstd::stream::decode_all(&a[..]).unwrap(),
+                Compression::Lz4 => unlz4(&a).unwrap(),
             };
             assert_eq!(back, data, "{how:?}");
         }
+    }
+
+    /// Reads the lz4 legacy format as the kernel does: blocks until the
+    /// input ends or a zero length; returns the data and where it stopped.
+    fn unlz4_at(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
+        let word = |at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+        };
+        (word(0)? == LZ4_LEGACY_MAGIC).then_some(())?;
+        let (mut at, mut out) = (4, Vec::new());
+        while at < bytes.len() {
+            let len = word(at)? as usize;
+            if len == 0 {
+                break;
+            }
+            let block = bytes.get(at + 4..at + 4 + len)?;
+            let size = Some(LZ4_LEGACY_BLOCK as i32);
+            out.extend(lz4::block::decompress(block, size).ok()?);
+            at += 4 + len;
+        }
+        Some((out, at))
+    }
+
+    fn unlz4(bytes: &[u8]) -> Option<Vec<u8>> {
+        unlz4_at(bytes).map(|(data, _)| data)
+    }
+
+    #[test]
+    fn lz4_blocks_are_at_most_8_mib_and_the_stored_archive_follows_zeros() {
+        // 9 MiB of text-like bytes: two blocks, the second of 1 MiB.
+        let big: Vec<u8> = (0..9u32 << 20)
+            .map(|i| b"zeronode "[(i % 9) as usize])
+            .collect();
+        let small = [Entry::file("init", 0o755, big)];
+        let stored = [Entry::file("system.img", 0o444, vec![7u8; 1001])];
+        let bytes = initramfs(&small, &stored, Compression::Lz4, 1).unwrap();
+        let (first, end) = unlz4_at(&bytes).unwrap();
+        let mut expected = Vec::new();
+        cpio::write(&mut expected, &small, 1).unwrap();
+        assert_eq!(first, expected);
+        let first_block = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+        let second_at = 8 + first_block;
+        assert!(second_at < end, "one block only");
+        // The kernel's reader stops at a zero length; the stored archive
+        // starts on the next 4-byte boundary.
+        assert_eq!(&bytes[end..end + 4], &[0; 4]);
+        let start = bytes[end..].iter().position(|&b| b != 0).unwrap() + end;
+        assert_eq!(start % 4, 0);
+        let mut second = Vec::new();
+        cpio::write(&mut second, &stored, 1).unwrap();
+        assert_eq!(&bytes[start..], &second[..]);
     }
 }

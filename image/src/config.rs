@@ -77,6 +77,8 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+    /// lz4's legacy format, the one the kernel's unlz4 reads.
+    Lz4,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -395,8 +397,8 @@ extra = ["loglevel=4"]
         assert!(err.contains("extra2"), "{err}");
         let err = error_of(&base.replace("extra = [\"", "extra = [\"zeronode.root_hash=00\", \""));
         assert!(err.contains("cmdline.extra"), "{err}");
-        let err = error_of(&base.replace("compression = \"gzip\"", "compression = \"lz4\""));
-        assert!(err.contains("lz4"), "{err}");
+        let err = error_of(&base.replace("compression = \"gzip\"", "compression = \"lzma\""));
+        assert!(err.contains("lzma"), "{err}");
         let err = error_of(&base.replace("binaries = []", "binaries = [\"usr/bin/ls\"]"));
         assert!(err.contains("system.binaries"), "{err}");
         let err = error_of(&base.replace(
