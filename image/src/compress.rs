@@ -17,12 +17,11 @@ const ZSTD_LEVEL: i32 = 19;
 
 /// lz4 legacy format (lib/decompress_unlz4.c): this magic, then blocks of
 /// at most 8 MiB of input, each as its compressed length (u32 LE) and the
-/// compressed bytes. No end mark: the kernel stops at the end of its input
-/// or at a zero length, so before another archive come four zero bytes.
+/// compressed bytes. The kernel stops at the end of its input or at a zero
+/// length, the only end mark an archive after the stream leaves it.
 const LZ4_LEGACY_MAGIC: u32 = 0x184C_2102;
 const LZ4_LEGACY_BLOCK: usize = 8 << 20;
-/// lz4's high-compression level 9: liblz4's default for HC; the kernel
-/// decodes every level at the same speed.
+/// lz4's high-compression level 9, liblz4's default for HC.
 const LZ4_HC_LEVEL: i32 = 9;
 
 pub fn compress(data: &[u8], how: Compression) -> std::io::Result<Vec<u8>> {
@@ -53,6 +52,7 @@ pub fn compress(data: &[u8], how: Compression) -> std::io::Result<Vec<u8>> {
                 out.extend_from_slice(&(packed.len() as u32).to_le_bytes());
                 out.extend_from_slice(&packed);
             }
+            out.extend_from_slice(&0u32.to_le_bytes());
             Ok(out)
         }
     }
@@ -75,9 +75,8 @@ pub fn initramfs(
     let mut out = compress(&raw, how)?;
     if !stored.is_empty() {
         // The kernel skips zeros between archives and wants each one's
-        // magic on a 4-byte boundary; an lz4 stream ends only at zeros.
-        let end = if how == Compression::Lz4 { 4 } else { 0 };
-        out.resize((out.len() + end).next_multiple_of(4), 0);
+        // magic on a 4-byte boundary.
+        out.resize(out.len().next_multiple_of(4), 0);
         cpio::write(&mut out, stored, mtime)?;
     }
     Ok(out)
