@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use zeronode_types::uevent::{Uevent, UeventSocket};
 
-use crate::node::{add_late_disk, remove_disk, Config, DiskState, Node};
+use crate::node::{add_late_disk, finish_pending, remove_disk, Config, DiskState, Node, Pending};
 use crate::sysfs::virtual_kind;
 
 /// What a uevent says about a whole disk storage may pool.
@@ -31,6 +31,32 @@ pub fn disk_event(msg: &[u8]) -> Option<DiskEvent> {
         "add" => Some(DiskEvent::Added(name.to_string())),
         "remove" => Some(DiskEvent::Removed(name.to_string())),
         _ => None,
+    }
+}
+
+/// The service's disk thread: formats the blank disks bring-up left, then
+/// watches `socket` (if any) for disks that come later. Uevents that arrive
+/// meanwhile wait in the socket, and a disk formatted here is known by the
+/// time its event is read.
+pub fn run(
+    cfg: Config,
+    pending: Vec<Pending>,
+    socket: Option<UeventSocket>,
+    node: Arc<RwLock<Node>>,
+) {
+    // Nothing waits for these formats: they yield the CPUs to the services
+    // starting beside them (the threads and mkfs.btrfs started from here
+    // inherit this thread's nice value).
+    // SAFETY: a plain system call on the calling thread.
+    if unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS as _, 0, 10) } != 0 {
+        tracing::debug!(
+            "lowering the disk thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    finish_pending(&cfg, &node, pending);
+    if let Some(socket) = socket {
+        watch(cfg, socket, node);
     }
 }
 

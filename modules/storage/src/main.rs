@@ -7,8 +7,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use zeronode_storage::dbus::{StorageService, OBJECT_PATH};
+use zeronode_storage::node::{bring_up_for_cache, BringUp};
 use zeronode_storage::sysfs::Sysfs;
-use zeronode_storage::{bring_up, btrfs, late_disks, Config};
+use zeronode_storage::{btrfs, late_disks, Config};
 use zeronode_types::uevent::UeventSocket;
 
 #[derive(Parser, Debug)]
@@ -86,16 +87,22 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             })
             .ok(),
     };
-    let node = bring_up(&config).context("bringing the disks up")?;
+    let BringUp { node, pending, .. } =
+        bring_up_for_cache(&config).context("bringing the disks up")?;
     let ms = started.elapsed().as_millis();
     let cache_on = node.cache.pool.clone().unwrap_or_else(|| "tmpfs".into());
     for w in wipe_warnings.iter().chain(&node.warnings) {
         println!("storage: WARNING: {w}");
     }
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let more = match pending.len() {
+        0 => String::new(),
+        n => format!("; formatting {n} more blank disk{} next", plural(n)),
+    };
     println!(
-        "storage: {} pool{} mounted, cache on {cache_on} in {ms} ms, at {} ms since boot",
+        "storage: {} pool{} mounted, cache on {cache_on} in {ms} ms, at {} ms since boot{more}",
         node.pools.len(),
-        if node.pools.len() == 1 { "" } else { "s" },
+        plural(node.pools.len()),
         zeronode_types::clock::since_boot_ms()
     );
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -104,17 +111,17 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async {
         let service = StorageService::new(node);
-        if let Some(uevents) = uevents {
-            let (config, node) = (config.clone(), service.node());
-            let spawned = std::thread::Builder::new()
-                .name("late-disks".into())
-                .spawn(move || late_disks::watch(config, uevents, node));
-            if let Err(e) = spawned {
-                tracing::warn!("cannot watch for disks that come later: {e}");
-            }
-        }
+        let (config, node) = (config.clone(), service.node());
         let server = zeronode_types::bus::serve(&args.socket, OBJECT_PATH, service)
             .with_context(|| format!("serving D-Bus on {}", args.socket.display()))?;
+        let spawned = std::thread::Builder::new()
+            .name("disks".into())
+            .spawn(move || late_disks::run(config, pending, uevents, node));
+        if let Err(e) = spawned {
+            tracing::warn!(
+                "cannot format the remaining blank disks nor watch for disks that come later: {e}"
+            );
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("SIGTERM handler")?;
         tokio::select! {

@@ -80,10 +80,58 @@ pub struct Node {
     pub warnings: Vec<String>,
 }
 
-/// Brings every disk up under the policy and sets up the cache. A bad
-/// device in `cfg.devices` fails before anything is written; a disk that
-/// fails later is reported and the others go on.
+/// Brings every disk up under the policy and sets up the cache: what the
+/// service does before it answers ([`bring_up_for_cache`]), then the blank
+/// disks that could wait ([`finish_pending`]). Disks and pools are listed
+/// in disk order.
 pub fn bring_up(cfg: &Config) -> Result<Node> {
+    let BringUp {
+        node,
+        pending,
+        order,
+    } = bring_up_for_cache(cfg)?;
+    let node = RwLock::new(node);
+    finish_pending(cfg, &node, pending);
+    let mut node = node.into_inner().unwrap_or_else(|p| p.into_inner());
+    let at = |dev: &Path| order.iter().position(|d| d == dev);
+    node.disks.sort_by_key(|r| at(&r.disk.dev));
+    node.pools.sort_by_key(|p| at(&p.device));
+    Ok(node)
+}
+
+/// The disks as far as the node cache needs them, and the blank disks
+/// still to format.
+#[derive(Debug)]
+pub struct BringUp {
+    pub node: Node,
+    /// Blank disks to format once the service answers: the cache is on a
+    /// pool already, so nothing on the way to the node's ready line waits
+    /// for their mkfs.btrfs. `Disks` and `Pools` list each once it is done.
+    pub pending: Vec<Pending>,
+    /// Every disk, in disk order.
+    order: Vec<PathBuf>,
+}
+
+/// A blank disk [`bring_up_for_cache`] left for [`finish_pending`].
+#[derive(Debug)]
+pub struct Pending {
+    disk: Disk,
+    plan: Plan,
+}
+
+impl Pending {
+    pub fn disk(&self) -> &Disk {
+        &self.disk
+    }
+}
+
+/// Brings up every disk but the blank ones, and as many of those as the
+/// node cache needs: existing pools are mounted (the cache is on one of
+/// them); with none, one blank disk is formatted for it (the first SSD,
+/// else the first disk; the next if that fails). A bad device in
+/// `cfg.devices` fails before anything is written; a disk that fails later
+/// is reported and the others go on.
+pub fn bring_up_for_cache(cfg: &Config) -> Result<BringUp> {
     let disks = match &cfg.devices {
         Some(devs) => devs
             .iter()
@@ -102,56 +150,110 @@ pub fn bring_up(cfg: &Config) -> Result<Node> {
         }
     }
     // Each disk is read once, in disk order, so which of two copies of a
-    // pool is used stays the same from boot to boot; then they come up in
-    // parallel (formatting one is mostly mkfs.btrfs waiting on its writes).
+    // pool is used stays the same from boot to boot.
     let mut seen = BTreeSet::new();
-    let surveys: Vec<Result<Survey>> = disks
+    let plans: Vec<Result<Plan>> = disks
         .iter()
-        .map(|disk| match survey(disk)? {
-            Survey::Holds(Content::Pool { label }) if !seen.insert(label.clone()) => {
-                Ok(Survey::Left(copy_of_a_mounted_pool(&label)))
-            }
-            other => Ok(other),
+        .map(|disk| {
+            let wipe = cfg.wipe.iter().any(|r| disk.matches(r));
+            survey(disk).map(|survey| match survey {
+                Survey::Holds(Content::Pool { label }) if !seen.insert(label.clone()) => {
+                    Plan::Left(copy_of_a_mounted_pool(&label))
+                }
+                Survey::Holds(content) => plan(disk, wipe, content),
+                Survey::Left(reason) => Plan::Left(reason),
+            })
         })
         .collect();
-    let outcomes: Vec<Result<Outcome>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = disks
-            .iter()
-            .zip(surveys)
-            .map(|(disk, survey)| {
-                let wipe = cfg.wipe.iter().any(|r| disk.matches(r));
-                scope.spawn(move || match survey? {
-                    Survey::Left(reason) => Ok(Outcome::Left(reason)),
-                    Survey::Holds(content) => bring_up_disk(cfg, disk, wipe, content),
-                })
+    let reusing = plans.iter().any(|p| matches!(p, Ok(Plan::Reuse(_))));
+    let mut now = Vec::new();
+    let mut blanks = Vec::new();
+    for (i, plan) in plans.into_iter().enumerate() {
+        match plan {
+            Ok(plan @ Plan::Format { .. }) => blanks.push((i, plan)),
+            other => now.push((i, other)),
+        }
+    }
+    // In the order the cache prefers them: SSDs first.
+    blanks.sort_by_key(|(i, _)| (disks[*i].rotational, *i));
+    let mut blanks = blanks.into_iter();
+    if !reusing {
+        now.extend(blanks.next().map(|(i, plan)| (i, Ok(plan))));
+    }
+    // In parallel: mounting and formatting mostly wait on the disk.
+    let mut outcomes: Vec<(usize, Result<Outcome>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = now
+            .into_iter()
+            .map(|(i, plan)| {
+                let disk = &disks[i];
+                (i, scope.spawn(move || act(cfg, disk, plan?)))
             })
             .collect();
         handles
             .into_iter()
-            .zip(&disks)
-            .map(|(h, disk)| {
-                h.join().unwrap_or_else(|_| {
-                    Err(StorageError::BadDevice {
-                        path: disk.dev.clone(),
-                        reason: "its bring-up thread panicked".into(),
-                    })
-                })
-            })
+            .map(|(i, h)| (i, h.join().unwrap_or_else(|_| Err(panicked(&disks[i])))))
             .collect()
     });
+    outcomes.sort_by_key(|(i, _)| *i);
     let mut pools: Vec<Pool> = Vec::new();
     let mut reports = Vec::new();
-    for (disk, outcome) in disks.into_iter().zip(outcomes) {
-        let state = settle(&disk, outcome, &mut pools);
-        reports.push(DiskReport { disk, state });
+    let mut report = |i: usize, outcome, pools: &mut Vec<Pool>| {
+        let state = settle(&disks[i], outcome, pools);
+        reports.push(DiskReport {
+            disk: disks[i].clone(),
+            state,
+        });
+    };
+    for (i, outcome) in outcomes {
+        report(i, outcome, &mut pools);
     }
+    // No pool yet (none to reuse mounted, or the first blank disk failed):
+    // the next blank disk, one at a time, until one holds the cache.
+    while pools.is_empty() {
+        let Some((i, plan)) = blanks.next() else {
+            break;
+        };
+        report(i, act(cfg, &disks[i], plan), &mut pools);
+    }
+    let pending = blanks
+        .map(|(i, plan)| Pending {
+            disk: disks[i].clone(),
+            plan,
+        })
+        .collect();
     let cache = setup_cache(cfg, &pools, &mut warnings)?;
-    Ok(Node {
-        pools,
-        disks: reports,
-        cache,
-        warnings,
+    Ok(BringUp {
+        node: Node {
+            pools,
+            disks: reports,
+            cache,
+            warnings,
+        },
+        pending,
+        order: disks.into_iter().map(|d| d.dev).collect(),
     })
+}
+
+/// Formats the disks [`bring_up_for_cache`] left, in parallel; each joins
+/// `node` (its report, and its pool in service) as soon as it is done.
+pub fn finish_pending(cfg: &Config, node: &RwLock<Node>, pending: Vec<Pending>) {
+    std::thread::scope(|scope| {
+        for Pending { disk, plan } in pending {
+            scope.spawn(move || {
+                let outcome = act(cfg, &disk, plan);
+                let mut n = node.write().unwrap_or_else(|p| p.into_inner());
+                let state = settle(&disk, outcome, &mut n.pools);
+                n.disks.push(DiskReport { disk, state });
+            });
+        }
+    });
+}
+
+fn panicked(disk: &Disk) -> StorageError {
+    StorageError::BadDevice {
+        path: disk.dev.clone(),
+        reason: "its bring-up thread panicked".into(),
+    }
 }
 
 /// A disk that came after bring-up (hot-plugged, or announced late by its
@@ -178,7 +280,7 @@ pub fn add_late_disk(cfg: &Config, node: &RwLock<Node>, name: &str) -> Option<Di
             Ok(Outcome::Left(copy_of_a_mounted_pool(&label)))
         }
         Survey::Left(reason) => Ok(Outcome::Left(reason)),
-        Survey::Holds(content) => bring_up_disk(cfg, &disk, wipe, content),
+        Survey::Holds(content) => act(cfg, &disk, plan(&disk, wipe, content)),
     });
     // One watcher calls this: nobody added the disk meanwhile.
     let mut n = node.write().unwrap_or_else(|p| p.into_inner());
@@ -263,8 +365,28 @@ fn survey(disk: &Disk) -> Result<Survey> {
     Ok(Survey::Holds(probe::probe(&disk.dev, disk.size_bytes)?))
 }
 
-fn bring_up_disk(cfg: &Config, disk: &Disk, wipe: bool, content: Content) -> Result<Outcome> {
-    let mut wiped = false;
+/// What the policy does with a disk, decided from what it holds before
+/// anything is written.
+#[derive(Debug)]
+enum Plan {
+    /// Mount ZeroNode pool `label` and use it as it is.
+    Reuse(String),
+    /// Make a new pool; first erase the signatures of `erase`, a foreign
+    /// disk `zeronode.wipe=` names.
+    Format {
+        erase: Option<String>,
+    },
+    Left(String),
+}
+
+fn plan(disk: &Disk, wipe: bool, content: Content) -> Plan {
+    let too_small = disk.size_bytes < MIN_POOL_BYTES;
+    let small = || {
+        format!(
+            "smaller than {} MiB, too small for a pool",
+            MIN_POOL_BYTES / MIB
+        )
+    };
     match content {
         Content::Pool { label } => {
             if wipe {
@@ -273,58 +395,46 @@ fn bring_up_disk(cfg: &Config, disk: &Disk, wipe: bool, content: Content) -> Res
                     disk.dev.display()
                 );
             }
-            let t = std::time::Instant::now();
-            let pool = mount_pool(cfg, disk, &label)?;
-            tracing::info!(
-                "{}: pool {label} reused at {} (mounted in {} ms)",
-                disk.dev.display(),
-                pool.mount_point.display(),
-                t.elapsed().as_millis()
-            );
-            return Ok(Outcome::Pooled(
-                pool,
-                DiskState::Pool {
-                    label,
-                    formatted: false,
-                    wiped: false,
-                },
-            ));
+            Plan::Reuse(label)
         }
-        Content::Blank => {
-            if disk.removable && !wipe {
-                return Ok(Outcome::Left(
-                    "removable medium (blank; name it in zeronode.wipe= to use it)".into(),
-                ));
-            }
+        Content::Blank if disk.removable && !wipe => {
+            Plan::Left("removable medium (blank; name it in zeronode.wipe= to use it)".into())
         }
-        Content::Foreign { what, boot_medium } => {
-            if !wipe {
-                return Ok(Outcome::Left(what));
-            }
-            if boot_medium {
-                return Ok(Outcome::Left(format!(
-                    "{what}: a boot medium is never erased, zeronode.wipe= refused"
-                )));
-            }
-            tracing::warn!(
-                "{}: erasing {what} as zeronode.wipe= asks",
-                disk.dev.display()
-            );
-            wipe_signatures(&disk.dev, disk.size_bytes)?;
-            wiped = true;
-            if probe::probe(&disk.dev, disk.size_bytes)? != Content::Blank {
-                return Err(StorageError::BadDevice {
-                    path: disk.dev.clone(),
-                    reason: "still not blank after erasing its signatures".into(),
-                });
-            }
+        Content::Blank if too_small => Plan::Left(format!("blank but {}", small())),
+        Content::Blank => Plan::Format { erase: None },
+        Content::Foreign { what, .. } if !wipe => Plan::Left(what),
+        Content::Foreign {
+            what,
+            boot_medium: true,
+        } => Plan::Left(format!(
+            "{what}: a boot medium is never erased, zeronode.wipe= refused"
+        )),
+        Content::Foreign { what, .. } if too_small => {
+            Plan::Left(format!("{what}: {}; not erased", small()))
         }
+        Content::Foreign { what, .. } => Plan::Format { erase: Some(what) },
     }
-    if disk.size_bytes < MIN_POOL_BYTES {
-        return Ok(Outcome::Left(format!(
-            "blank but smaller than {} MiB, too small for a pool",
-            MIN_POOL_BYTES / MIB
-        )));
+}
+
+fn act(cfg: &Config, disk: &Disk, plan: Plan) -> Result<Outcome> {
+    let erase = match plan {
+        Plan::Left(reason) => return Ok(Outcome::Left(reason)),
+        Plan::Reuse(label) => return reuse(cfg, disk, label),
+        Plan::Format { erase } => erase,
+    };
+    let wiped = erase.is_some();
+    if let Some(what) = erase {
+        tracing::warn!(
+            "{}: erasing {what} as zeronode.wipe= asks",
+            disk.dev.display()
+        );
+        wipe_signatures(&disk.dev, disk.size_bytes)?;
+        if probe::probe(&disk.dev, disk.size_bytes)? != Content::Blank {
+            return Err(StorageError::BadDevice {
+                path: disk.dev.clone(),
+                reason: "still not blank after erasing its signatures".into(),
+            });
+        }
     }
     let uuid = random_uuid()?;
     let label = probe::pool_label(&uuid);
@@ -345,6 +455,25 @@ fn bring_up_disk(cfg: &Config, disk: &Disk, wipe: bool, content: Content) -> Res
             label,
             formatted: true,
             wiped,
+        },
+    ))
+}
+
+fn reuse(cfg: &Config, disk: &Disk, label: String) -> Result<Outcome> {
+    let t = std::time::Instant::now();
+    let pool = mount_pool(cfg, disk, &label)?;
+    tracing::info!(
+        "{}: pool {label} reused at {} (mounted in {} ms)",
+        disk.dev.display(),
+        pool.mount_point.display(),
+        t.elapsed().as_millis()
+    );
+    Ok(Outcome::Pooled(
+        pool,
+        DiskState::Pool {
+            label,
+            formatted: false,
+            wiped: false,
         },
     ))
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use common::{hash_file, make_ext4, LoopDisk, Scratch};
-use zeronode_storage::node::{add_late_disk, remove_disk};
+use zeronode_storage::node::{add_late_disk, bring_up_for_cache, finish_pending, remove_disk};
 use zeronode_storage::probe::{self, Content};
 use zeronode_storage::sysfs::Sysfs;
 use zeronode_storage::{bring_up, btrfs, mounts, volumes, Config, DiskState};
@@ -354,6 +354,57 @@ fn cache_prefers_an_ssd_and_then_stays_on_its_pool() {
         std::fs::read(scratch.cache().join("node.key")).unwrap(),
         b"k"
     );
+}
+
+/// What the service does before it answers: only the blank disk the cache
+/// goes to is formatted (an SSD before a disk listed earlier); the other
+/// blank disk waits for `finish_pending`. With a pool to reuse, no blank
+/// disk is formatted before.
+#[test]
+fn only_the_cache_waits_for_a_format() {
+    let scratch = Scratch::new();
+    let hdd = LoopDisk::new(&scratch.path().join("hdd.img"), 256);
+    let ssd = LoopDisk::new(&scratch.path().join("ssd.img"), 256);
+    let _ssd_flag = Rotational::ssd(&ssd.dev);
+    let cfg = config(&scratch, vec![hdd.dev.clone(), ssd.dev.clone()], &[]);
+    let up = bring_up_for_cache(&cfg).unwrap();
+    assert_eq!(up.node.pools.len(), 1, "{:?}", up.node.disks);
+    assert_eq!(up.node.pools[0].device, ssd.dev);
+    assert_eq!(up.node.cache.pool.as_ref(), Some(&up.node.pools[0].label));
+    assert_eq!(up.node.disks.len(), 1);
+    let pending: Vec<_> = up.pending.iter().map(|p| p.disk().dev.clone()).collect();
+    assert_eq!(pending, std::slice::from_ref(&hdd.dev));
+    assert_eq!(probe::probe(&hdd.dev, 256 << 20).unwrap(), Content::Blank);
+    let node = std::sync::RwLock::new(up.node);
+    finish_pending(&cfg, &node, up.pending);
+    let n = node.read().unwrap();
+    assert_eq!(n.pools.len(), 2, "{:?}", n.disks);
+    assert!(matches!(
+        &n.disks[1].state,
+        DiskState::Pool {
+            formatted: true,
+            ..
+        }
+    ));
+    assert_eq!(n.cache.pool.as_ref(), Some(&n.pools[0].label));
+    drop(n);
+    scratch.unmount_all();
+
+    // Next boot, a new blank disk beside the two pools: nothing is formatted
+    // before the service answers.
+    let new = LoopDisk::new(&scratch.path().join("new.img"), 256);
+    let devices = vec![new.dev.clone(), hdd.dev.clone(), ssd.dev.clone()];
+    let up = bring_up_for_cache(&config(&scratch, devices, &[])).unwrap();
+    assert_eq!(up.node.pools.len(), 2, "{:?}", up.node.disks);
+    assert!(up.node.disks.iter().all(|d| matches!(
+        d.state,
+        DiskState::Pool {
+            formatted: false,
+            ..
+        }
+    )));
+    assert_eq!(up.pending.len(), 1);
+    assert_eq!(up.pending[0].disk().dev, new.dev);
 }
 
 #[test]
