@@ -331,6 +331,17 @@ impl Supervisor {
     pub fn release_after_ready(&mut self) {
         if !self.released {
             self.released = true;
+            for s in self
+                .svcs
+                .iter()
+                .filter(|s| s.spec.nice_until_ready.is_some())
+            {
+                if let Some(pid) = s.state.pid() {
+                    if let Err(e) = process::set_group_nice(pid, 0) {
+                        tracing::warn!("{}: back to nice 0: {e}", s.spec.name);
+                    }
+                }
+            }
             let deferred = (0..self.svcs.len()).filter(|&i| self.svcs[i].spec.after_ready);
             self.wake.extend(deferred.collect::<Vec<_>>());
             self.settle();
@@ -388,6 +399,22 @@ impl Supervisor {
         }
         if up && !was_up {
             self.wake.extend_from_slice(&self.dependents[id]);
+            self.nice_until_ready(id);
+        }
+    }
+
+    /// A service with `nice_until_ready` that is up before the ready line:
+    /// what it does from now on (a DHCP lease, say) waits behind the
+    /// services the ready line still waits for. Its health check passed at
+    /// nice 0, so its dependents found it as quickly as any other.
+    fn nice_until_ready(&self, id: usize) {
+        let s = &self.svcs[id];
+        if let (Some(nice), Some(pid), false) =
+            (s.spec.nice_until_ready, s.state.pid(), self.released)
+        {
+            if let Err(e) = process::set_group_nice(pid, nice) {
+                tracing::warn!("{}: nice {nice} until ready: {e}", s.spec.name);
+            }
         }
     }
 
@@ -810,6 +837,65 @@ mod tests {
         sup.release_after_ready();
         assert_ne!(sup.svcs[1].state, State::Waiting);
         assert!(sup.released);
+    }
+
+    /// The nice value of `pid`'s main thread (field 19 of /proc/PID/stat).
+    fn nice_of(pid: i32) -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        fields[16].parse().unwrap()
+    }
+
+    #[test]
+    fn nice_until_ready_holds_until_the_ready_line() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _enter = rt.enter();
+        let (mut sup, _ch) = Supervisor::new(specs(&[
+            (
+                "dhcp",
+                "command = [\"/bin/sleep\", \"30\"]\nnice_until_ready = 10",
+            ),
+            ("api", "command = [\"/bin/sleep\", \"30\"]\nready = true"),
+        ]));
+        sup.start_all();
+        let pid = |sup: &Supervisor, id: usize| sup.svcs[id].state.pid().unwrap();
+        let (dhcp, api) = (pid(&sup, 0), pid(&sup, 1));
+        assert_eq!(nice_of(dhcp), 10);
+        assert_eq!(nice_of(api), 0);
+        sup.release_after_ready();
+        // Raising a priority again takes CAP_SYS_NICE, which PID 1 has.
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(nice_of(dhcp), 0);
+        }
+        for p in [dhcp, api] {
+            process::signal_group(p, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(p), None);
+        }
+    }
+
+    #[test]
+    fn nice_until_ready_is_checked() {
+        for (text, what) in [
+            ("nice_until_ready = 0", "between 1 and 19"),
+            ("nice_until_ready = 20", "between 1 and 19"),
+            ("nice_until_ready = 5\nafter_ready = true", "after_ready"),
+        ] {
+            let err = Service::parse(
+                "x",
+                &format!("command = [\"/bin/true\"]\n{text}"),
+                Path::new("x.toml"),
+                "",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("nice_until_ready") && err.contains(what),
+                "{err}"
+            );
+        }
     }
 
     #[test]

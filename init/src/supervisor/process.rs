@@ -129,6 +129,17 @@ pub fn prefer_supervisor() -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the nice value of every thread in process group `pgid` (the
+/// kernel walks them all for PRIO_PGRP; threads and children started later
+/// inherit it from the one that starts them).
+pub fn set_group_nice(pgid: i32, nice: i32) -> io::Result<()> {
+    // SAFETY: a plain system call with integer arguments.
+    if unsafe { libc::setpriority(libc::PRIO_PGRP as _, pgid as _, nice) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Collects every child that has exited, without blocking.
 pub fn reap() -> Vec<(i32, Exit)> {
     let mut exits = Vec::new();

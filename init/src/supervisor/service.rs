@@ -63,6 +63,7 @@ struct File {
     ready: bool,
     #[serde(default)]
     after_ready: bool,
+    nice_until_ready: Option<i32>,
     #[serde(default)]
     restart: RestartFile,
     health: Option<HealthFile>,
@@ -121,6 +122,7 @@ struct LogFile {
 /// kind = "longrun"              # "longrun" (default) or "oneshot"
 /// ready = true                  # the node's ready line waits for this one
 /// after_ready = false           # or: start only once the ready line is out
+/// nice_until_ready = 10         # 1 to 19: its nice value once up, until the ready line is out
 /// [restart]
 /// policy = "always"             # "always", "on-failure", "never"
 /// initial_ms = 100              # first delay; then times `factor`, up to `max_ms`
@@ -154,6 +156,11 @@ pub struct Service {
     /// Starts only once the node's ready line is out: a service nothing on
     /// the way to ready needs, kept from competing with it for the CPU.
     pub after_ready: bool,
+    /// Its processes' nice value from when it is up (its health check
+    /// passed) until the node's ready line is out, then 0: a service whose
+    /// further work does not hold the ready line leaves the CPUs to the
+    /// ones still starting.
+    pub nice_until_ready: Option<i32>,
     pub restart: Backoff,
     pub policy: RestartPolicy,
     pub health: Option<Health>,
@@ -259,6 +266,20 @@ impl Service {
                 "a service the ready line waits for cannot wait for the ready line",
             ));
         }
+        if let Some(n) = f.nice_until_ready.filter(|n| !(1..=19).contains(n)) {
+            return Err(invalid(
+                "nice_until_ready",
+                n.to_string(),
+                "must be between 1 and 19",
+            ));
+        }
+        if f.after_ready && f.nice_until_ready.is_some() {
+            return Err(invalid(
+                "nice_until_ready",
+                "set".into(),
+                "an after_ready service starts once the ready line is out",
+            ));
+        }
         let kind = f.kind.unwrap_or(Kind::Longrun);
         let policy = f.restart.policy.unwrap_or(match kind {
             Kind::Longrun => RestartPolicy::Always,
@@ -329,6 +350,7 @@ impl Service {
             kind,
             ready: f.ready,
             after_ready: f.after_ready,
+            nice_until_ready: f.nice_until_ready,
             restart: Backoff {
                 initial: Duration::from_millis(initial_ms),
                 max: Duration::from_millis(max_ms),
