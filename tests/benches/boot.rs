@@ -3,9 +3,12 @@
 //! off) on the same kernel and QEMU settings; wall time from QEMU start; the
 //! size of every artifact. Run by scripts/bench; `ZN_BOOT_RUNS` sets the runs.
 //!
-//! The boot paths boot a new node: two blank disks, formatted on the way to
-//! ready, a node key made. "reboot" is a node's usual boot: the same two
-//! disks again (pools, key and ledger exist), after one unmeasured first boot.
+//! The boot paths boot a new node: two blank disks (the pool for the node
+//! cache is formatted on the way to ready, the other one after), a node key
+//! made. "reboot" is a node's usual boot: the same two disks again (pools,
+//! key and ledger exist), after one unmeasured first boot. "no disks" is a
+//! node without any (the cache on tmpfs): what the boot costs without
+//! storage's work.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,7 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 const BASELINE: &str = "baseline /init (direct)";
 const DIRECT: &str = "zeronode direct";
 const REBOOT: &str = "zeronode direct, reboot";
+const NO_DISKS: &str = "zeronode direct, no disks";
 
 struct Sample {
     guest_ms: u64,
@@ -88,12 +92,18 @@ fn main() {
         eprintln!("first boot of the reboot case: {e}");
         std::process::exit(1);
     }
+    let new_node = |boot: Boot| {
+        let mut o = NodeOptions::new(&image, boot);
+        o.disks = 2;
+        o
+    };
     let cases: Vec<(&str, NodeOptions, bool)> = vec![
         (BASELINE, baseline, true),
-        (DIRECT, NodeOptions::new(&image, Boot::Direct), false),
-        ("zeronode uefi", NodeOptions::new(&image, Boot::Uefi), false),
-        ("zeronode pxe", NodeOptions::new(&image, Boot::Pxe), false),
+        (DIRECT, new_node(Boot::Direct), false),
+        ("zeronode uefi", new_node(Boot::Uefi), false),
+        ("zeronode pxe", new_node(Boot::Pxe), false),
         (REBOOT, reboot, false),
+        (NO_DISKS, NodeOptions::new(&image, Boot::Direct), false),
     ];
     // Round by round, every case once a round: the host's speed drifts by
     // seconds over minutes, and case after case would charge the drift to
@@ -151,12 +161,13 @@ fn main() {
         d.get(d.len() / 2).copied().unwrap_or(0)
     };
     println!(
-        "ZeroNode's init adds {} ms of guest time before ready (direct boot, median of each round's difference; target < 1500)",
+        "ZeroNode's init adds {} ms of guest time before ready (direct boot, two blank disks, median of each round's difference; target < 1500)",
         added(DIRECT)
     );
     println!(
-        "and {} ms on a reboot (pools, key and ledger exist)",
-        added(REBOOT)
+        "{} ms on a reboot (pools, key and ledger exist), {} ms without disks",
+        added(REBOOT),
+        added(NO_DISKS)
     );
     println!("\nartifacts");
     for name in [
