@@ -796,13 +796,17 @@ mod tests {
         assert!(sup.is_up(2));
     }
 
-    #[test]
-    fn after_ready_services_wait_for_the_ready_line_and_do_not_hold_it() {
-        // Spawning captures output through the runtime's reactor.
-        let rt = tokio::runtime::Builder::new_current_thread()
+    /// Spawning a service captures its output through a runtime's reactor.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn after_ready_services_wait_for_the_ready_line_and_do_not_hold_it() {
+        let rt = runtime();
         let _enter = rt.enter();
         let (mut sup, _ch) = Supervisor::new(specs(&[
             ("api", "command = [\"/bin/true\"]\nready = true"),
@@ -848,10 +852,7 @@ mod tests {
 
     #[test]
     fn nice_until_ready_holds_until_the_ready_line() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _enter = rt.enter();
         let (mut sup, _ch) = Supervisor::new(specs(&[
             (
