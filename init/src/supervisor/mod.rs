@@ -409,12 +409,14 @@ impl Supervisor {
     /// nice 0, so its dependents found it as quickly as any other.
     fn nice_until_ready(&self, id: usize) {
         let s = &self.svcs[id];
-        if let (Some(nice), Some(pid), false) =
-            (s.spec.nice_until_ready, s.state.pid(), self.released)
-        {
-            if let Err(e) = process::set_group_nice(pid, nice) {
-                tracing::warn!("{}: nice {nice} until ready: {e}", s.spec.name);
-            }
+        let (Some(nice), Some(pid)) = (s.spec.nice_until_ready, s.state.pid()) else {
+            return;
+        };
+        if self.released {
+            return;
+        }
+        if let Err(e) = process::set_group_nice(pid, nice) {
+            tracing::warn!("{}: nice {nice} until ready: {e}", s.spec.name);
         }
     }
 

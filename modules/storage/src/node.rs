@@ -638,6 +638,56 @@ mod tests {
         assert!(choose_cache_pool(&[], |_| true).is_none());
     }
 
+    /// The policy decides before anything is written; in particular a
+    /// foreign disk named in `zeronode.wipe=` that is too small for a pool
+    /// is left as it is, not erased first.
+    #[test]
+    fn plans_follow_the_policy_table() {
+        let disk = |size_bytes: u64, removable: bool| Disk {
+            name: "vdz".into(),
+            dev: "/dev/vdz".into(),
+            size_bytes,
+            rotational: false,
+            removable,
+            read_only: false,
+            model: None,
+            serial: None,
+            by_id: Vec::new(),
+            holders: Vec::new(),
+        };
+        let big = disk(1 << 30, false);
+        let small = disk(MIN_POOL_BYTES - 1, false);
+        let foreign = |boot_medium| Content::Foreign {
+            what: "ext4 filesystem".into(),
+            boot_medium,
+        };
+        let pool = || Content::Pool {
+            label: "zn-a".into(),
+        };
+        let left = |p: Plan, part: &str| matches!(&p, Plan::Left(r) if r.contains(part));
+        assert!(matches!(
+            plan(&big, false, Content::Blank),
+            Plan::Format { erase: None }
+        ));
+        assert!(left(plan(&small, true, Content::Blank), "too small"));
+        assert!(left(
+            plan(&disk(1 << 30, true), false, Content::Blank),
+            "removable"
+        ));
+        assert!(matches!(
+            plan(&disk(1 << 30, true), true, Content::Blank),
+            Plan::Format { erase: None }
+        ));
+        assert!(left(plan(&big, false, foreign(false)), "ext4"));
+        assert!(matches!(
+            plan(&big, true, foreign(false)),
+            Plan::Format { erase: Some(w) } if w.contains("ext4")
+        ));
+        assert!(left(plan(&small, true, foreign(false)), "not erased"));
+        assert!(left(plan(&big, true, foreign(true)), "never erased"));
+        assert!(matches!(plan(&big, true, pool()), Plan::Reuse(l) if l == "zn-a"));
+    }
+
     #[test]
     fn uuids_are_version_4() {
         let u = random_uuid().unwrap();
