@@ -4,8 +4,8 @@
 # Debian packages: the musl C toolchain (static binaries with C parts), protoc
 # (containerd-client), QEMU with OVMF and the iPXE ROMs, the UKI stub, and the
 # tools the image builder calls (mksquashfs, objcopy, depmod, sfdisk and cpio
-# for its tests); btrfs-progs (mkfs.btrfs ships in the image; the storage
-# tests make pools on loop devices), e2fsprogs and util-linux (the tests'
+# for its tests); btrfs-progs (`btrfs check` judges the storage module's
+# own btrfs format in its tests), e2fsprogs and util-linux (the tests'
 # foreign ext4 disks, losetup, mount); redis-server and redis-tools (the
 # objects tests' backends, the shard store's redis-cli tests and its
 # benchmark against redis); nftables (nft ships in the image for workload

@@ -14,6 +14,9 @@ const MARKER: &str = "zeronode-e2e-marker";
 
 /// What one boot said about its disks and identity.
 struct Boot1 {
+    /// Pools formatted before storage's own line (`... mounted, cache on
+    /// ...`): the ones its socket, and so the ready line, waited for. The
+    /// module's output comes through one pipe, so the order is its own.
     formatted: Vec<String>,
     reused: Vec<String>,
     node_id: String,
@@ -42,6 +45,7 @@ fn boot_and_read(o: &NodeOptions) -> Result<(Node, Boot1), String> {
     let console = node.console().to_string();
     let formatted = console
         .lines()
+        .take_while(|l| !l.contains("mounted, cache on"))
         .filter_map(|l| word_after(l, "formatted as pool "))
         .collect();
     let reused = console
@@ -196,8 +200,8 @@ pub fn pools_and_node_id_survive_a_reboot() -> Check {
     {
         eprintln!("    {}", l.trim());
     }
-    // Only the cache's pool is formatted before ready; the other blank disk
-    // right after (and before the hot-plugged one was taken).
+    // Only the cache's pool is formatted before storage answers; the other
+    // blank disk right after (and before the hot-plugged one was taken).
     let console = node.console().to_string();
     power_off(node)?;
     let mut formatted: Vec<String> = console
@@ -210,7 +214,7 @@ pub fn pools_and_node_id_survive_a_reboot() -> Check {
         first.formatted.len() == 1 && formatted.len() == 2 && first.new_key,
         || {
             format!(
-                "first boot: expected 1 pool formatted before ready, 2 in all, and a new key:\n{console}"
+                "first boot: expected 1 pool formatted before storage answered, 2 in all, and a new key:\n{console}"
             )
         },
     )?;

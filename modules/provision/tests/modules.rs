@@ -1,6 +1,6 @@
 //! The order path against the real network and storage modules on the
 //! host: a network namespace for zeronode-network, a loop device for
-//! zeronode-storage (root, iproute2, losetup, mkfs.btrfs, nft). Their
+//! zeronode-storage (root, iproute2, losetup, nft). Their
 //! binaries come from the workspace's test build
 //! (`common::workspace_binary`). Skipped when not root.
 
@@ -23,12 +23,9 @@ fn have(cmd: &str) -> bool {
 }
 
 fn can_run() -> bool {
-    let ok = nix_is_root()
-        && ["ip", "losetup", "mkfs.btrfs", "nft", "unshare"]
-            .iter()
-            .all(|c| have(c));
+    let ok = nix_is_root() && ["ip", "losetup", "nft", "unshare"].iter().all(|c| have(c));
     if !ok {
-        eprintln!("SKIP: needs root, iproute2, losetup, mkfs.btrfs, nft");
+        eprintln!("SKIP: needs root, iproute2, losetup, nft");
     }
     ok
 }

@@ -1,5 +1,5 @@
 //! Time to pools mounted on loop devices: `cargo bench -p zeronode-storage`.
-//! Needs root, losetup and mkfs.btrfs; prints a table (median of N runs).
+//! Needs root and losetup; prints a table (median of N runs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{umount2, MntFlags};
 use zeronode_storage::sysfs::Sysfs;
-use zeronode_storage::{bring_up, btrfs, mounts, volumes, Config};
+use zeronode_storage::{bring_up, mounts, volumes, Config};
 
 const RUNS: usize = 5;
 const DISK_MIB: u64 = 1024;
@@ -67,7 +67,7 @@ fn main() {
         return;
     }
     let mut rows: Vec<(&str, Vec<Duration>)> = vec![
-        ("2 blank disks: mkfs + mount + cache", vec![]),
+        ("2 blank disks: format + mount + cache", vec![]),
         ("2 pools reused: mount + cache", vec![]),
         ("restart, all mounted already", vec![]),
         ("VolumeCreate (quota on, subvol, limit)", vec![]),
@@ -88,7 +88,6 @@ fn main() {
             devices: Some(loops.iter().map(|l| l.0.clone()).collect()),
             sysfs: Sysfs::default(),
             wipe: vec![],
-            mkfs: btrfs::find_mkfs(None),
         };
         let t = Instant::now();
         let node = bring_up(&cfg).expect("first bring-up");

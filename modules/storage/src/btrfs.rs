@@ -1,10 +1,9 @@
-//! btrfs: mkfs.btrfs (the one external program), then subvolumes and
-//! qgroups through the kernel's ioctls (include/uapi/linux/btrfs.h).
+//! btrfs: subvolumes and qgroups through the kernel's ioctls
+//! (include/uapi/linux/btrfs.h). Formatting is `btrfs_format`'s.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use crate::error::{io, sys, Result, StorageError};
 
@@ -252,60 +251,6 @@ pub fn qgroup_usage(mnt: &Path, id: u64) -> Result<(u64, Option<u64>)> {
     Ok((used, limit))
 }
 
-/// Where mkfs.btrfs is: `configured` if given, else the first of the usual
-/// places that has it.
-pub fn find_mkfs(configured: Option<&Path>) -> PathBuf {
-    if let Some(p) = configured {
-        return p.into();
-    }
-    [
-        "/usr/sbin/mkfs.btrfs",
-        "/sbin/mkfs.btrfs",
-        "/usr/bin/mkfs.btrfs",
-        "/bin/mkfs.btrfs",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-    .unwrap_or_else(|| "mkfs.btrfs".into())
-}
-
-/// Makes a single-device btrfs (single data and metadata profile) on `dev`
-/// with `label` and `uuid`. Never forced: mkfs.btrfs itself refuses a device
-/// that holds a filesystem or is in use, a second guard behind our probe.
-pub fn mkfs(mkfs: &Path, dev: &Path, label: &str, uuid: &str) -> Result<()> {
-    let args = [
-        "--quiet",
-        "--nodiscard",
-        "--label",
-        label,
-        "--uuid",
-        uuid,
-        "--data",
-        "single",
-        "--metadata",
-        "single",
-    ];
-    let fail = |reason: String| StorageError::Command {
-        program: mkfs.into(),
-        args: format!("{} {}", args.join(" "), dev.display()),
-        reason,
-    };
-    let out = Command::new(mkfs)
-        .args(args)
-        .arg(dev)
-        .output()
-        .map_err(|e| fail(format!("cannot run: {e}")))?;
-    if !out.status.success() {
-        return Err(fail(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,21 +262,5 @@ mod tests {
         assert_eq!(std::mem::size_of::<SearchKey>(), 104);
         assert_eq!(std::mem::size_of::<SearchArgs>(), 4096);
         assert_eq!(std::mem::size_of::<QgroupLimitArgs>(), 48);
-    }
-
-    #[test]
-    fn mkfs_failure_names_the_program_and_device() {
-        let err = mkfs(
-            Path::new("/nonexistent/mkfs.btrfs"),
-            Path::new("/dev/null"),
-            "zn-1",
-            "00000000-0000-4000-8000-000000000000",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("/nonexistent/mkfs.btrfs") && err.contains("/dev/null"),
-            "{err}"
-        );
     }
 }

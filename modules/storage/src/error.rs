@@ -18,12 +18,6 @@ pub enum StorageError {
     },
     #[error("{path}: {reason}")]
     BadDevice { path: PathBuf, reason: String },
-    #[error("{program} {args}: {reason}")]
-    Command {
-        program: PathBuf,
-        args: String,
-        reason: String,
-    },
     #[error("volume name {name:?}: {reason}")]
     BadVolumeName { name: String, reason: &'static str },
     #[error("volume {0:?} already exists")]

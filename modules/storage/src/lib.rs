@@ -5,6 +5,7 @@
 //! See README.md for the rules.
 
 pub mod btrfs;
+pub mod btrfs_format;
 pub mod dbus;
 pub mod error;
 pub mod late_disks;

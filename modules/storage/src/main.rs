@@ -9,7 +9,7 @@ use clap::Parser;
 use zeronode_storage::dbus::{StorageService, OBJECT_PATH};
 use zeronode_storage::node::{bring_up_for_cache, BringUp};
 use zeronode_storage::sysfs::Sysfs;
-use zeronode_storage::{btrfs, late_disks, Config};
+use zeronode_storage::{late_disks, Config};
 use zeronode_types::uevent::UeventSocket;
 
 #[derive(Parser, Debug)]
@@ -35,9 +35,6 @@ struct Args {
     /// sysfs mount point.
     #[arg(long, default_value = "/sys")]
     sysfs: PathBuf,
-    /// mkfs.btrfs to run (default: found in /usr/sbin, /sbin, /usr/bin, /bin).
-    #[arg(long)]
-    mkfs_btrfs: Option<PathBuf>,
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -75,7 +72,6 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             dev_dir: "/dev".into(),
         },
         wipe: boot.wipe,
-        mkfs: btrfs::find_mkfs(args.mkfs_btrfs.as_deref()),
     };
     // Listening before /sys is scanned: a disk that comes during bring-up
     // or any time later is announced here (see late_disks).

@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use crate::btrfs;
+use crate::btrfs_format;
 use crate::dbus::read_node;
 use crate::error::{io, Result, StorageError};
 use crate::mounts;
 use crate::probe::{self, Content, MIB};
 use crate::sysfs::{Disk, Sysfs};
 
-/// Smaller blank disks are not worth a pool (and mkfs.btrfs wants ~110 MiB).
+/// Smaller blank disks are not worth a pool.
 pub const MIN_POOL_BYTES: u64 = 128 * MIB;
 /// The subvolume of a pool that holds the node cache.
 pub const CACHE_SUBVOLUME: &str = "cache";
@@ -32,7 +33,6 @@ pub struct Config {
     pub sysfs: Sysfs,
     /// `zeronode.wipe=` values: serials or /dev/disk/by-id/ paths.
     pub wipe: Vec<String>,
-    pub mkfs: PathBuf,
 }
 
 /// A mounted pool.
@@ -106,7 +106,7 @@ pub struct BringUp {
     pub node: Node,
     /// Blank disks to format once the service answers: the cache is on a
     /// pool already, so nothing on the way to the node's ready line waits
-    /// for their mkfs.btrfs. `Disks` and `Pools` list each once it is done.
+    /// for their format. `Disks` and `Pools` list each once it is done.
     pub pending: Vec<Pending>,
     /// Every disk, in disk order.
     order: Vec<PathBuf>,
@@ -149,14 +149,33 @@ pub fn bring_up_for_cache(cfg: &Config) -> Result<BringUp> {
             warnings.push(w);
         }
     }
-    // Each disk is read once, in disk order, so which of two copies of a
-    // pool is used stays the same from boot to boot.
+    let t = std::time::Instant::now();
+    // Each disk is read once, all at once (the reads mostly wait on the
+    // disks), then judged in disk order, so which of two copies of a pool
+    // is used stays the same from boot to boot.
+    let surveys: Vec<Result<Survey>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = disks
+            .iter()
+            .map(|disk| scope.spawn(move || survey(disk)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(&disks)
+            .map(|(h, disk)| h.join().unwrap_or_else(|_| Err(panicked(disk))))
+            .collect()
+    });
+    tracing::debug!(
+        "storage: {} disk(s) surveyed in {} ms",
+        disks.len(),
+        t.elapsed().as_millis()
+    );
     let mut seen = BTreeSet::new();
     let plans: Vec<Result<Plan>> = disks
         .iter()
-        .map(|disk| {
+        .zip(surveys)
+        .map(|(disk, survey)| {
             let wipe = cfg.wipe.iter().any(|r| disk.matches(r));
-            survey(disk).map(|survey| match survey {
+            survey.map(|survey| match survey {
                 Survey::Holds(Content::Pool { label }) if !seen.insert(label.clone()) => {
                     Plan::Left(copy_of_a_mounted_pool(&label))
                 }
@@ -221,7 +240,9 @@ pub fn bring_up_for_cache(cfg: &Config) -> Result<BringUp> {
             plan,
         })
         .collect();
+    let t = std::time::Instant::now();
     let cache = setup_cache(cfg, &pools, &mut warnings)?;
+    tracing::debug!("storage: cache set up in {} ms", t.elapsed().as_millis());
     Ok(BringUp {
         node: Node {
             pools,
@@ -439,7 +460,17 @@ fn act(cfg: &Config, disk: &Disk, plan: Plan) -> Result<Outcome> {
     let uuid = random_uuid()?;
     let label = probe::pool_label(&uuid);
     let t = std::time::Instant::now();
-    btrfs::mkfs(&cfg.mkfs, &disk.dev, &label, &uuid_string(&uuid))?;
+    let id = btrfs_format::Identity {
+        label: label.clone(),
+        fsid: uuid,
+        dev_uuid: random_uuid()?,
+        chunk_tree_uuid: random_uuid()?,
+        fs_tree_uuid: random_uuid()?,
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    btrfs_format::format(&disk.dev, disk.size_bytes, &id)?;
     let formatted = t.elapsed();
     let pool = mount_pool(cfg, disk, &label)?;
     tracing::info!(
@@ -541,18 +572,6 @@ fn random_uuid() -> Result<[u8; 16]> {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     Ok(b)
-}
-
-fn uuid_string(b: &[u8; 16]) -> String {
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 /// The pool for the cache: one that holds a cache already (so a disk added
@@ -691,9 +710,8 @@ mod tests {
     #[test]
     fn uuids_are_version_4() {
         let u = random_uuid().unwrap();
-        let s = uuid_string(&u);
-        assert_eq!(s.len(), 36);
-        assert_eq!(&s[14..15], "4");
-        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        assert_eq!(u[6] >> 4, 4, "{u:x?}");
+        assert_eq!(u[8] >> 6, 0b10, "{u:x?}");
+        assert_ne!(u, random_uuid().unwrap());
     }
 }

@@ -1,5 +1,5 @@
 //! Loop devices, mounts and temp dirs for the host tests, each undone by
-//! Drop, also when a test fails. Needs root, losetup and mkfs.btrfs.
+//! Drop, also when a test fails. Needs root and losetup.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
