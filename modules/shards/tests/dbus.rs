@@ -8,12 +8,16 @@ use common::{Proc, Reply};
 use zeronode_shards::dbus::Shards1Proxy;
 
 async fn proxy(p: &Proc) -> (zbus::Connection, Shards1Proxy<'static>) {
+    // The socket file appears at bind(2), a moment before listen(2):
+    // until then a connect is refused.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !p.socket.exists() {
-        assert!(Instant::now() < deadline, "no D-Bus socket");
+    let conn = loop {
+        match zeronode_types::bus::connect(&p.socket).await {
+            Ok(conn) => break conn,
+            Err(e) => assert!(Instant::now() < deadline, "no D-Bus socket: {e}"),
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let conn = zeronode_types::bus::connect(&p.socket).await.unwrap();
+    };
     let proxy = Shards1Proxy::new(&conn).await.unwrap();
     (conn, proxy)
 }

@@ -64,7 +64,8 @@ impl Containerd {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
+        // Its socket file appears at bind(2), a moment before it listens.
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(Instant::now() < deadline, "containerd did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
