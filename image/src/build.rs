@@ -198,7 +198,7 @@ fn runtime_image(src: &Sources, work: &Path, sys: &Path) -> Result<Option<String
         src.cfg.runtime.binaries.len(),
         src.runtime.len()
     );
-    squashfs_image(src, &tree, work, "runtime.img").map(Some)
+    squashfs_image(src, &tree, work, "runtime.img", src.cfg.runtime.block_kib).map(Some)
 }
 
 /// Stages the system tree and makes system.img (and runtime.img, whose
@@ -302,15 +302,24 @@ fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<(String, Opt
             format!("{hash}\n").as_bytes(),
         )?;
     }
-    Ok((squashfs_image(src, &sys, work, "system.img")?, runtime_hash))
+    let block_kib = src.cfg.system.block_kib;
+    let root_hash = squashfs_image(src, &sys, work, "system.img", block_kib)?;
+    Ok((root_hash, runtime_hash))
 }
 
 /// Makes `work/name` from `tree` as the declaration says; returns its blake3 hex.
-fn squashfs_image(src: &Sources, tree: &Path, work: &Path, name: &str) -> Result<String> {
+fn squashfs_image(
+    src: &Sources,
+    tree: &Path,
+    work: &Path,
+    name: &str,
+    block_kib: u32,
+) -> Result<String> {
     squashfs::make(
         tree,
         &work.join(name),
         src.cfg.system.compression,
+        block_kib,
         src.epoch,
     )?;
     let a = Artifact::of(work, name)?;

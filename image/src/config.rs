@@ -105,6 +105,9 @@ pub struct Initramfs {
 #[serde(deny_unknown_fields)]
 pub struct System {
     pub compression: SquashfsCompression,
+    /// squashfs block size of system.img in KiB (4 to 1024, a power of two).
+    #[serde(default = "default_block_kib")]
+    pub block_kib: u32,
     /// Module names, or globs over modules.dep paths.
     pub modules: Vec<String>,
     /// Loaded at every boot once the node is ready: /etc/zeronode/modules-load.
@@ -136,13 +139,29 @@ pub const RUNTIME_HASH_FILE: &str = "/etc/zeronode/runtime.blake3";
 /// Debian programs only workloads use (container and VM runtimes): they go
 /// into a second squashfs, `runtime.img`, that PID 1 verifies and mounts
 /// after the ready line, so their bytes are not hashed on the way to it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     /// Absolute paths on the build machine, as `system.binaries`; what the
     /// system image holds already (a shared library) stays there.
     #[serde(default)]
     pub binaries: Vec<String>,
+    /// squashfs block size of runtime.img in KiB, as `system.block_kib`.
+    #[serde(default = "default_block_kib")]
+    pub block_kib: u32,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            binaries: Vec::new(),
+            block_kib: default_block_kib(),
+        }
+    }
+}
+
+fn default_block_kib() -> u32 {
+    512
 }
 
 /// A file of the system image, its text declared in place.
@@ -219,6 +238,17 @@ impl ImageConfig {
                 "kernel.release",
                 format!("{:?} is not a kernel release", cfg.kernel.release),
             ));
+        }
+        for (field, kib) in [
+            ("system.block_kib", cfg.system.block_kib),
+            ("runtime.block_kib", cfg.runtime.block_kib),
+        ] {
+            if !(4..=1024).contains(&kib) || !kib.is_power_of_two() {
+                return Err(invalid(
+                    field,
+                    format!("{kib}: a squashfs block is 4 to 1024 KiB, a power of two"),
+                ));
+            }
         }
         let module_ok = |m: &String| {
             !m.is_empty()
@@ -359,6 +389,7 @@ mod tests {
             assert!(cfg.runtime.binaries.iter().any(|b| b == tool), "{tool}");
         }
         assert_eq!(cfg.kernel.package, "linux-image-6.1.0-50-amd64");
+        assert_eq!((cfg.system.block_kib, cfg.runtime.block_kib), (128, 512));
     }
 
     /// A small declaration the bad-input cases edit.
@@ -411,6 +442,10 @@ extra = ["loglevel=4"]
         assert!(err.contains("initramfs.modules"), "{err}");
         let err = error_of(&base.replace("load = [\"loop\"]", "load = [\"../x\"]"));
         assert!(err.contains("system.load"), "{err}");
+        let err = error_of(&base.replace("binaries = []", "binaries = []\nblock_kib = 96"));
+        assert!(err.contains("system.block_kib: 96"), "{err}");
+        let err = error_of(&base.replace("[cmdline]", "[runtime]\nblock_kib = 2048\n[cmdline]"));
+        assert!(err.contains("runtime.block_kib: 2048"), "{err}");
         let err = error_of(&base.replace(
             "modules = [\"loop\", \"squashfs\", \"overlay\"]",
             "modules = [\"loop\"]\nearly = [\"fs/*\"]",
