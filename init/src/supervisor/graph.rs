@@ -117,6 +117,25 @@ pub fn dependents(after: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, BTr
     out
 }
 
+/// For each service (by index, `dependents` as reverse edges), how many
+/// services wait for it directly or through others.
+pub fn waited_on(dependents: &[Vec<usize>]) -> Vec<usize> {
+    (0..dependents.len())
+        .map(|start| {
+            let mut seen = vec![false; dependents.len()];
+            let mut todo = dependents[start].clone();
+            let mut n = 0;
+            while let Some(i) = todo.pop() {
+                if !std::mem::replace(&mut seen[i], true) {
+                    n += 1;
+                    todo.extend_from_slice(&dependents[i]);
+                }
+            }
+            n
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +203,21 @@ mod tests {
         ]));
         assert_eq!(d["net"], BTreeSet::from(["a".to_string(), "b".to_string()]));
         assert!(d["b"].is_empty());
+    }
+
+    #[test]
+    fn waited_on_counts_every_service_that_waits_directly_or_not() {
+        // 0 <- 1 <- 2, 0 <- 3, 1 <- 3; 4 alone; 5 <-> 6 (a cycle, refused
+        // elsewhere, still counted once each).
+        let dependents = vec![
+            vec![1, 3],
+            vec![2, 3],
+            vec![],
+            vec![],
+            vec![],
+            vec![6],
+            vec![5],
+        ];
+        assert_eq!(waited_on(&dependents), vec![3, 2, 0, 0, 0, 2, 2]);
     }
 }

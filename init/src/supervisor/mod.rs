@@ -181,6 +181,9 @@ pub struct Supervisor {
     deps: Vec<Vec<usize>>,
     /// For each service, the services that list it in `after`.
     dependents: Vec<Vec<usize>>,
+    /// For each service, how many wait for it, directly or through others:
+    /// of the services that may start at once, those go first.
+    waited_on: Vec<usize>,
     pids: HashMap<i32, Owner>,
     events: mpsc::UnboundedSender<Event>,
     /// None once shutdown has finished, so the log channel can close.
@@ -265,6 +268,7 @@ impl Supervisor {
                 dependents[d].push(i);
             }
         }
+        let waited_on = graph::waited_on(&dependents);
         let now = Instant::now();
         let svcs: Vec<Svc> = specs
             .into_iter()
@@ -305,6 +309,7 @@ impl Supervisor {
             ids,
             deps,
             dependents,
+            waited_on,
             pids: HashMap::new(),
             events,
             logs: Some(logs),
@@ -422,13 +427,21 @@ impl Supervisor {
 
     /// Starts whatever the last changes made startable.
     fn settle(&mut self) {
-        while let Some(id) = self.wake.pop() {
-            if !self.shutting_down
-                && self.svcs[id].state == State::Waiting
-                && (self.released || !self.svcs[id].spec.after_ready)
-                && self.deps[id].iter().all(|&d| self.is_up(d))
-            {
-                self.spawn(id);
+        while !self.wake.is_empty() {
+            let mut batch = std::mem::take(&mut self.wake);
+            // Each spawn takes a while: what others wait for goes first
+            // (storage before network before control-port; then identity,
+            // which the ledger and provision ask for, by name).
+            batch.sort_by_key(|&id| (std::cmp::Reverse(self.waited_on[id]), id));
+            batch.dedup();
+            for id in batch {
+                if !self.shutting_down
+                    && self.svcs[id].state == State::Waiting
+                    && (self.released || !self.svcs[id].spec.after_ready)
+                    && self.deps[id].iter().all(|&d| self.is_up(d))
+                {
+                    self.spawn(id);
+                }
             }
         }
     }
@@ -843,6 +856,33 @@ mod tests {
         sup.release_after_ready();
         assert_ne!(sup.svcs[1].state, State::Waiting);
         assert!(sup.released);
+    }
+
+    #[test]
+    fn what_others_wait_for_starts_first() {
+        let rt = runtime();
+        let _enter = rt.enter();
+        let sleeper = "command = [\"/bin/sleep\", \"5\"]";
+        let (mut sup, _ch) = Supervisor::new(specs(&[
+            ("a", sleeper),
+            ("b", sleeper),
+            ("c", sleeper),
+            ("d", &format!("{sleeper}\nafter = [\"c\"]")),
+            ("e", &format!("{sleeper}\nafter = [\"d\"]")),
+        ]));
+        assert_eq!(sup.waited_on, [0, 0, 2, 1, 0]);
+        sup.start_all();
+        // Spawned in this order, so with rising pids: c (two wait for it),
+        // then a and b by name (d and e follow c, which has no check).
+        let pid = |i: usize| sup.svcs[i].state.pid().unwrap_or(i32::MAX);
+        let pids: Vec<i32> = (0..5).map(pid).collect();
+        assert!(pids[2] < pids[0] && pids[0] < pids[1], "{pids:?}");
+        for p in pids.into_iter().filter(|&p| p != i32::MAX) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 
     /// The nice value of `pid`'s main thread (field 19 of /proc/PID/stat).
