@@ -16,6 +16,8 @@ pub enum LoopError {
     },
     #[error("no free loop device: {0}")]
     NoFree(nix::Error),
+    #[error("setting the read-ahead of {device}: {source}")]
+    ReadAhead { device: PathBuf, source: nix::Error },
     #[error("configuring {device} with {backing}: {source}")]
     Configure {
         device: PathBuf,
@@ -27,6 +29,8 @@ pub enum LoopError {
 // The request type differs between glibc (c_ulong) and musl (c_int).
 const LOOP_CTL_GET_FREE: nix::libc::Ioctl = 0x4C82;
 const LOOP_CONFIGURE: nix::libc::Ioctl = 0x4C0A;
+/// `BLKRASET` from <linux/fs.h>: read-ahead in 512-byte sectors.
+const BLKRASET: nix::libc::Ioctl = 0x125F;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_NAME_SIZE: usize = 64;
@@ -75,6 +79,25 @@ pub enum Detach {
 pub struct LoopDevice {
     pub path: PathBuf,
     _open: File,
+}
+
+impl LoopDevice {
+    /// Turns read-ahead off, for a file that lives in RAM: then it saves no
+    /// I/O, and on squashfs it only decompresses blocks nobody asked for.
+    /// A service's first exec from the system image took 120 ms instead of
+    /// 180 under TCG (mean of 9). Set before mounting: files opened on the
+    /// filesystem take the device's read-ahead when opened.
+    pub fn disable_read_ahead(&self) -> Result<(), LoopError> {
+        // SAFETY: BLKRASET takes its value as the argument itself.
+        let rc =
+            unsafe { nix::libc::ioctl(self._open.as_raw_fd(), BLKRASET, 0 as nix::libc::c_ulong) };
+        nix::errno::Errno::result(rc)
+            .map(drop)
+            .map_err(|source| LoopError::ReadAhead {
+                device: self.path.clone(),
+                source,
+            })
+    }
 }
 
 /// Attaches `backing` read-only to a free loop device.
