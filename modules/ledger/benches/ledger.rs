@@ -263,7 +263,7 @@ fn main() {
             ),
         );
         let (size, root) = l.tree_head().expect("head");
-        let key = l.public_key();
+        let key = l.public_key().unwrap();
         let _ = key;
         // Inclusion proofs at random leaves of the full tree.
         let mut x = 0x9e3779b97f4a7c15u64;

@@ -191,8 +191,9 @@ impl LedgerService {
     }
 
     /// The node's ed25519 public key, which signs entries and heads.
-    async fn public_key(&self) -> Vec<u8> {
-        self.ledger.public_key().to_vec()
+    /// On a node's first boot it waits for the key from identity.
+    async fn public_key(&self) -> Result<Vec<u8>, Error> {
+        self.blocking(|l| Ok(l.public_key()?.to_vec())).await
     }
 
     /// The record of entry `seq`.

@@ -64,7 +64,7 @@ impl Ledger {
             count,
         )?;
         let header = ExportHeader {
-            public_key: self.public_key(),
+            public_key: self.public_key()?,
             count,
             root,
         };

@@ -123,51 +123,96 @@ fn serve(cli: &Cli, opts: Options) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // The node key comes from the identity module, which starts beside
-    // us: it is asked for once LMDB is open, so the two start together.
     let started = std::time::Instant::now();
-    let (mut storage_ms, mut signer_ms) = (0, 0);
-    let ledger = Ledger::open_then_sign(&cli.dir, opts, || {
-        storage_ms = started.elapsed().as_millis();
-        let signer: Arc<dyn Signer> = match &cli.key_file {
-            Some(key_file) => Arc::new(KeySigner::from_file(key_file)?),
-            None => Arc::new(
-                rt.block_on(IdentitySigner::connect(
-                    &cli.identity_socket,
-                    std::time::Duration::from_secs(cli.identity_wait_secs),
-                    rt.handle().clone(),
-                ))
-                .map_err(|e| {
-                    SignError(format!(
-                        "asking the identity module on {} for the node key: {e:#}",
-                        cli.identity_socket.display()
-                    ))
-                })?,
-            ),
-        };
-        signer_ms = started.elapsed().as_millis();
-        Ok(signer)
-    })
-    .with_context(|| format!("opening the ledger in {}", cli.dir.display()))?;
+    let existed = cli.dir.exists();
+    let ledger = Ledger::open_awaiting_signer(&cli.dir, opts)
+        .with_context(|| format!("opening the ledger in {}", cli.dir.display()))?;
+    if let Some(key_file) = &cli.key_file {
+        ledger.attach_signer(Arc::new(KeySigner::from_file(key_file)?))?;
+    }
     let socket = cli.socket.clone();
-    rt.block_on(async move {
-        let server = zeronode_types::bus::serve(&socket, OBJECT_PATH, LedgerService::new(ledger))
-            .with_context(|| format!("listening on {}", socket.display()))?;
-        // Storage opened, then the signer (identity) came, then the rest.
+    let identity_socket = cli.identity_socket.clone();
+    let identity_wait = std::time::Duration::from_secs(cli.identity_wait_secs);
+    let key_from_identity = cli.key_file.is_none();
+    let served = rt.block_on(async move {
+        let server =
+            zeronode_types::bus::serve(&socket, OBJECT_PATH, LedgerService::new(ledger.clone()))
+                .with_context(|| format!("listening on {}", socket.display()))?;
+        // Reads are served from here on; the node key comes from the
+        // identity module, which starts beside us, and appends queue until
+        // it has come.
         tracing::info!(
-            "ledger: serving org.zeronode.Ledger1 on {} in {} ms (storage open at {storage_ms} ms, node key at {signer_ms} ms)",
+            "ledger: serving org.zeronode.Ledger1 on {} in {} ms",
             socket.display(),
             started.elapsed().as_millis()
         );
+        let keyed = async {
+            if !key_from_identity {
+                return Ok(());
+            }
+            let signer = IdentitySigner::connect(
+                &identity_socket,
+                identity_wait,
+                tokio::runtime::Handle::current(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "asking the identity module on {} for the node key",
+                    identity_socket.display()
+                )
+            });
+            let ledger = ledger.clone();
+            let attached = match signer {
+                Ok(signer) => {
+                    tokio::task::spawn_blocking(move || ledger.attach_signer(Arc::new(signer)))
+                        .await
+                        .context("attaching the node key")?
+                        .context("taking the node key")
+                }
+                Err(e) => {
+                    ledger.signer_failed(format!("{e:#}"));
+                    Err(e)
+                }
+            };
+            attached?;
+            tracing::info!(
+                "ledger: node key at {} ms, appending",
+                started.elapsed().as_millis()
+            );
+            anyhow::Ok(())
+        };
+        tokio::pin!(keyed);
+        let mut keying = true;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("ledger: SIGTERM, stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("ledger: SIGINT, stopping"),
-        }
+        let outcome = loop {
+            tokio::select! {
+                r = &mut keyed, if keying => match r {
+                    Ok(()) => keying = false,
+                    // Without its key the ledger cannot take orders: fail
+                    // the service, so its policy restarts it.
+                    Err(e) => break Err(e),
+                },
+                _ = term.recv() => {
+                    tracing::info!("ledger: SIGTERM, stopping");
+                    break Ok(());
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("ledger: SIGINT, stopping");
+                    break Ok(());
+                }
+            }
+        };
         server.abort();
         let _ = std::fs::remove_file(&socket);
-        anyhow::Ok(())
-    })?;
+        outcome
+    });
+    // A ledger that never got its key holds nothing: a new one leaves no
+    // directory behind (the runtime, and with it the ledger, is gone).
+    if served.is_err() && !existed {
+        let _ = std::fs::remove_dir_all(&cli.dir);
+    }
+    served?;
     // Appends in flight were answered or refused; dropping the ledger
     // drains the writer and closes LMDB.
     Ok(())

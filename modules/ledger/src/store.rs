@@ -19,7 +19,7 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,6 +64,10 @@ pub enum LedgerError {
     KeyMismatch { stored: String, given: String },
     #[error("ledger was opened without a signer: it cannot append or sign heads")]
     NoSigner,
+    #[error("the ledger has its signer already")]
+    SignerAttached,
+    #[error("the ledger has no signer: {0}")]
+    SignerFailed(String),
     #[error("the ledger's writer has stopped")]
     WriterGone,
     #[error("stored data is damaged: {0}")]
@@ -322,12 +326,28 @@ fn u64_of(v: &[u8], what: &str) -> Result<u64> {
     Ok(u64::from_be_bytes(a))
 }
 
+/// Where the ledger's signer stands.
+enum Signing {
+    /// Opened for audit: no signer will come.
+    Never,
+    /// On its way ([`Ledger::attach_signer`]): appends queue, heads wait.
+    Awaiting,
+    Ready(Arc<dyn Signer>),
+    /// It came with another key, or not at all.
+    Failed(String),
+}
+
 struct Inner {
     env: Env<WithoutTls>,
     dbs: Dbs,
-    public_key: [u8; 32],
-    signer: Option<Arc<dyn Signer>>,
+    /// The key entries are signed with: the stored one, or a new ledger's
+    /// signer's once it came.
+    public_key: OnceLock<[u8; 32]>,
+    signing: Mutex<Signing>,
+    signing_changed: Condvar,
     tx: Mutex<Option<mpsc::Sender<Request>>>,
+    /// Appends queued before the signer came, for the writer it starts.
+    queued: Mutex<Option<mpsc::Receiver<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
 }
@@ -435,6 +455,13 @@ pub(crate) fn entry_count(txn: &RoTxn, dbs: &Dbs) -> Result<u64> {
     }
 }
 
+fn no_ledger(dir: &Path) -> LedgerError {
+    LedgerError::Corrupt(format!(
+        "{} holds no ledger (no public key recorded)",
+        dir.display()
+    ))
+}
+
 /// Records that the derived databases, in this version's format, hold no
 /// entry yet.
 fn mark_unindexed(wtxn: &mut heed::RwTxn, meta: Database<Bytes, Bytes>) -> Result<()> {
@@ -514,54 +541,38 @@ impl Ledger {
     /// Opens (or creates) the ledger in `dir`, signing appends with `signer`.
     /// A ledger keeps the key it was created with: another key is refused.
     pub fn open(dir: &Path, signer: Arc<dyn Signer>, opts: Options) -> Result<Ledger> {
-        Self::open_inner(dir, Some(move || Ok(signer)), opts)
+        let ledger = Self::open_awaiting_signer(dir, opts)?;
+        ledger.attach_signer(signer)?;
+        Ok(ledger)
     }
 
-    /// [`Ledger::open`], asking for the signer only once the storage is
-    /// open and its indexes caught up. On a node the signer is the identity
-    /// module, which starts beside the ledger: LMDB's opening (and on a
-    /// first boot its creating commits) then overlaps identity's start
-    /// instead of following it.
-    pub fn open_then_sign(
-        dir: &Path,
-        opts: Options,
-        signer: impl FnOnce() -> Result<Arc<dyn Signer>>,
-    ) -> Result<Ledger> {
-        Self::open_inner(dir, Some(signer), opts)
+    /// Opens (or creates) the ledger in `dir` to serve before its signer
+    /// is here: reads answer at once, appends queue and signed heads wait
+    /// until [`Ledger::attach_signer`] (or fail after
+    /// [`Ledger::signer_failed`]). On a node the signer is the identity
+    /// module, which starts beside the ledger: nothing waits for the one to
+    /// open the other, and provision reads the ledger meanwhile.
+    pub fn open_awaiting_signer(dir: &Path, opts: Options) -> Result<Ledger> {
+        Self::open_inner(dir, opts, Signing::Awaiting)
     }
 
     /// Opens an existing ledger to read and verify it, without a key: an
     /// auditor's copy, or a ledger imported from another node.
     pub fn open_for_audit(dir: &Path, opts: Options) -> Result<Ledger> {
-        Self::open_inner(dir, None::<fn() -> Result<Arc<dyn Signer>>>, opts)
+        if !dir.join("data.mdb").exists() {
+            return Err(no_ledger(dir));
+        }
+        Self::open_inner(dir, opts, Signing::Never)
     }
 
-    fn open_inner(
-        dir: &Path,
-        signer: Option<impl FnOnce() -> Result<Arc<dyn Signer>>>,
-        opts: Options,
-    ) -> Result<Ledger> {
-        let existed = dir.exists();
-        // A new ledger asks for the node key before its first commit, so
-        // that one commit holds the databases, the key and the index marks.
-        let mut signer = signer;
-        let mut new_signer = None;
+    fn open_inner(dir: &Path, opts: Options, signing: Signing) -> Result<Ledger> {
+        // A new ledger's indexes are marked current (and empty) in the
+        // commit that creates it: a durable commit costs ~50 ms at boot.
         let (env, dbs) = open_env_with(dir, &opts, |wtxn, meta| {
-            if meta.get(wtxn, META_PUBLIC_KEY)?.is_none() {
-                if let Some(get) = signer.take() {
-                    let s = get()?;
-                    meta.put(wtxn, META_PUBLIC_KEY, &s.public_key())?;
-                    mark_unindexed(wtxn, meta)?;
-                    new_signer = Some(s);
-                }
+            if meta.is_empty(wtxn)? {
+                mark_unindexed(wtxn, meta)?;
             }
             Ok(())
-        })
-        .inspect_err(|_| {
-            // A ledger that could not start leaves no new directory.
-            if !existed {
-                let _ = std::fs::remove_dir_all(dir);
-            }
         })?;
         // Reader slots of a process killed mid-read would pin old pages.
         let stale = env.clear_stale_readers()?;
@@ -578,50 +589,136 @@ impl Ledger {
             })
             .transpose()?
         };
-        let no_ledger = || {
-            LedgerError::Corrupt(format!(
-                "{} holds no ledger (no public key recorded)",
-                dir.display()
-            ))
-        };
-        // A new ledger recorded its key above, if it was given a signer.
-        let Some(stored) = stored else {
-            return Err(no_ledger());
-        };
+        let public_key = OnceLock::new();
+        match stored {
+            Some(k) => {
+                let _ = public_key.set(k);
+            }
+            None if matches!(signing, Signing::Never) => return Err(no_ledger(dir)),
+            None => {}
+        }
         let rederived = catch_up(&env, &dbs)?;
         if rederived > 0 {
             tracing::info!("ledger: rebuilt tree and indexes of {rederived} entries");
         }
-        let signer = signer.map(|get| get()).transpose()?.or(new_signer);
-        if let Some(s) = &signer {
-            if s.public_key() != stored {
+        let (tx, queued) = match signing {
+            Signing::Never => (None, None),
+            _ => {
+                let (tx, rx) = mpsc::channel();
+                (Some(tx), Some(rx))
+            }
+        };
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                env,
+                dbs,
+                public_key,
+                signing: Mutex::new(signing),
+                signing_changed: Condvar::new(),
+                tx: Mutex::new(tx),
+                queued: Mutex::new(queued),
+                writer: Mutex::new(None),
+                dir: dir.to_owned(),
+            }),
+        })
+    }
+
+    /// Gives the ledger its signer: checks its key against the stored one
+    /// (a new ledger records it, durably), then starts the writer, which
+    /// takes the appends queued meanwhile. An error leaves the ledger
+    /// without a signer for good: what waits for one fails.
+    pub fn attach_signer(&self, signer: Arc<dyn Signer>) -> Result<()> {
+        let attached = self.start_writer(signer.clone());
+        match &attached {
+            Ok(()) => self.set_signing(Signing::Ready(signer)),
+            Err(LedgerError::NoSigner | LedgerError::SignerAttached) => {}
+            Err(e) => self.signer_failed(e.to_string()),
+        }
+        attached
+    }
+
+    /// The signer will not come (say, identity never answered): queued
+    /// appends and waiting heads fail with `why`.
+    pub fn signer_failed(&self, why: String) {
+        if let Ok(mut q) = self.inner.queued.lock() {
+            q.take();
+        }
+        self.set_signing(Signing::Failed(why));
+    }
+
+    fn start_writer(&self, signer: Arc<dyn Signer>) -> Result<()> {
+        match &*self
+            .inner
+            .signing
+            .lock()
+            .map_err(|_| LedgerError::WriterGone)?
+        {
+            Signing::Never => return Err(LedgerError::NoSigner),
+            Signing::Awaiting => {}
+            Signing::Ready(_) | Signing::Failed(_) => return Err(LedgerError::SignerAttached),
+        }
+        let (env, dbs) = (&self.inner.env, self.inner.dbs);
+        let given = signer.public_key();
+        match self.inner.public_key.get() {
+            Some(&stored) if stored != given => {
                 return Err(LedgerError::KeyMismatch {
                     stored: hex(&stored),
-                    given: hex(&s.public_key()),
-                });
+                    given: hex(&given),
+                })
+            }
+            Some(_) => {}
+            None => {
+                let mut wtxn = env.write_txn()?;
+                dbs.meta.put(&mut wtxn, META_PUBLIC_KEY, &given)?;
+                wtxn.commit()?;
+                let _ = self.inner.public_key.set(given);
             }
         }
-        let public_key = stored;
+        let (tip, frontier) = Self::chain_state(env, &dbs)?;
+        let rx = self
+            .inner
+            .queued
+            .lock()
+            .map_err(|_| LedgerError::WriterGone)?
+            .take()
+            .ok_or(LedgerError::SignerAttached)?;
+        let handle = writer::spawn(env.clone(), dbs, signer, tip, frontier, rx)?;
+        *self
+            .inner
+            .writer
+            .lock()
+            .map_err(|_| LedgerError::WriterGone)? = Some(handle);
+        Ok(())
+    }
 
-        let inner = Inner {
-            env: env.clone(),
-            dbs,
-            public_key,
-            signer: signer.clone(),
-            tx: Mutex::new(None),
-            writer: Mutex::new(None),
-            dir: dir.to_owned(),
-        };
-        if let Some(signer) = signer {
-            let (tip, frontier) = Self::chain_state(&env, &dbs)?;
-            let (tx, rx) = mpsc::channel();
-            let handle = writer::spawn(env.clone(), dbs, signer, tip, frontier, rx)?;
-            *inner.tx.lock().map_err(|_| LedgerError::WriterGone)? = Some(tx);
-            *inner.writer.lock().map_err(|_| LedgerError::WriterGone)? = Some(handle);
+    fn set_signing(&self, to: Signing) {
+        if let Ok(mut s) = self.inner.signing.lock() {
+            *s = to;
         }
-        Ok(Ledger {
-            inner: Arc::new(inner),
-        })
+        self.inner.signing_changed.notify_all();
+    }
+
+    /// The signer, once here (waits while it is on its way).
+    fn signer(&self) -> Result<Arc<dyn Signer>> {
+        let mut s = self
+            .inner
+            .signing
+            .lock()
+            .map_err(|_| LedgerError::WriterGone)?;
+        loop {
+            match &*s {
+                Signing::Never => return Err(LedgerError::NoSigner),
+                Signing::Ready(signer) => return Ok(signer.clone()),
+                Signing::Failed(why) => return Err(LedgerError::SignerFailed(why.clone())),
+                Signing::Awaiting => {
+                    s = self
+                        .inner
+                        .signing_changed
+                        .wait(s)
+                        .map_err(|_| LedgerError::WriterGone)?
+                }
+            }
+        }
     }
 
     fn chain_state(env: &Env<WithoutTls>, dbs: &Dbs) -> Result<(Tip, Frontier)> {
@@ -671,14 +768,30 @@ impl Ledger {
         &self.inner.dir
     }
 
-    /// The key every entry is signed with.
-    pub fn public_key(&self) -> [u8; 32] {
-        self.inner.public_key
+    /// The key every entry is signed with. A new ledger learns it from its
+    /// signer: until that came, this waits.
+    pub fn public_key(&self) -> Result<[u8; 32]> {
+        if let Some(k) = self.inner.public_key.get() {
+            return Ok(*k);
+        }
+        self.signer()?;
+        self.inner
+            .public_key
+            .get()
+            .copied()
+            .ok_or(LedgerError::NoSigner)
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Request>> {
-        if self.inner.signer.is_none() {
-            return Err(LedgerError::NoSigner);
+        match &*self
+            .inner
+            .signing
+            .lock()
+            .map_err(|_| LedgerError::WriterGone)?
+        {
+            Signing::Never => return Err(LedgerError::NoSigner),
+            Signing::Failed(why) => return Err(LedgerError::SignerFailed(why.clone())),
+            Signing::Awaiting | Signing::Ready(_) => {}
         }
         self.inner
             .tx
@@ -953,7 +1066,7 @@ impl Ledger {
 
     /// The tree head signed with the node key.
     pub fn signed_tree_head(&self) -> Result<SignedTreeHead> {
-        let signer = self.inner.signer.as_ref().ok_or(LedgerError::NoSigner)?;
+        let signer = self.signer()?;
         let (size, root) = self.tree_head()?;
         let time_ms = now_ms();
         let signature = signer.sign(&SignedTreeHead::signed_hash(size, time_ms, &root))?;
@@ -1059,30 +1172,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_new_ledger_costs_one_commit_and_a_reopen_none() {
+    fn a_new_ledger_serves_after_one_commit_and_a_reopen_after_none() {
         use crate::signer::KeySigner;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger");
         let opts = Options::default();
-        let signer = || -> Result<Arc<dyn Signer>> { Ok(Arc::new(KeySigner::from_seed(&[7; 32]))) };
+        let signer = || Arc::new(KeySigner::from_seed(&[7; 32]));
         let txn_id = |l: &Ledger| l.inner.env.info().last_txn_id;
-        let ledger = Ledger::open_then_sign(&path, opts.clone(), signer).unwrap();
+        let ledger = Ledger::open_awaiting_signer(&path, opts.clone()).unwrap();
         assert_eq!(
             txn_id(&ledger),
             1,
-            "databases, key and index marks in one commit"
+            "databases and index marks in one commit"
         );
+        assert_eq!(ledger.len().unwrap(), 0);
+        ledger.attach_signer(signer()).unwrap();
+        assert_eq!(txn_id(&ledger), 2, "the key, once it came");
         drop(ledger);
-        let ledger = Ledger::open_then_sign(&path, opts, signer).unwrap();
+        let ledger = Ledger::open_awaiting_signer(&path, opts).unwrap();
         assert_eq!(
             txn_id(&ledger),
-            1,
+            2,
             "opening an existing ledger writes nothing"
         );
-        assert_eq!(
-            ledger.public_key(),
-            KeySigner::from_seed(&[7; 32]).public_key()
-        );
+        assert_eq!(ledger.public_key().unwrap(), signer().public_key());
+        ledger.attach_signer(signer()).unwrap();
+        assert_eq!(txn_id(&ledger), 2);
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl Ledger {
     pub fn verify_range(&self, from: u64, threads: usize) -> Result<VerifyReport> {
         let env = self.env();
         let dbs = *self.dbs();
-        let key = VerifyingKey::from_bytes(&self.public_key())
+        let key = VerifyingKey::from_bytes(&self.public_key()?)
             .map_err(|_| LedgerError::Corrupt("stored public key is not an ed25519 key".into()))?;
         let rtxn = env.read_txn()?;
         let total = entry_count(&rtxn, &dbs)?;

@@ -64,7 +64,7 @@ fn appends_chain_and_sign_every_entry() {
     let mut tree = MemoryTree::new();
     for seq in 0..100 {
         let rec = l.record(seq).unwrap().unwrap();
-        let (e, hash) = verifier::verify_record(&l.public_key(), &rec).unwrap();
+        let (e, hash) = verifier::verify_record(&l.public_key().unwrap(), &rec).unwrap();
         assert_eq!(e.seq, seq);
         assert_eq!(e.prev, prev);
         assert_eq!(l.seq_of(&hash).unwrap(), Some(seq));
@@ -75,7 +75,7 @@ fn appends_chain_and_sign_every_entry() {
     assert_eq!(report.root, tree.root());
     let sth = l.signed_tree_head().unwrap();
     assert_eq!((sth.size, sth.root), (100, tree.root()));
-    sth.verify(&l.public_key()).unwrap();
+    sth.verify(&l.public_key().unwrap()).unwrap();
     assert!(sth.verify(&signer(2).public_key()).is_err());
 }
 
@@ -127,41 +127,72 @@ fn another_key_is_refused_and_audit_copies_cannot_append() {
 }
 
 #[test]
-fn the_signer_is_asked_for_once_the_storage_is_open() {
+fn it_serves_before_its_signer_comes_and_appends_once_it_did() {
     let dir = tempfile::tempdir().unwrap();
-    let l = Ledger::open_then_sign(dir.path(), Options::default(), || {
-        // The storage exists by the time the signer is asked for.
-        assert!(dir.path().join("data.mdb").exists());
-        Ok(signer(1))
-    })
-    .unwrap();
-    fill(&l, 3);
-    drop(l);
-    // A signer that cannot be had fails the open and changes nothing.
-    let err = Ledger::open_then_sign(dir.path(), Options::default(), || {
-        Err(LedgerError::Sign(zeronode_ledger::signer::SignError(
-            "identity did not answer".into(),
-        )))
-    })
-    .err()
-    .unwrap();
-    assert!(err.to_string().contains("identity did not answer"), "{err}");
-    let err = Ledger::open_then_sign(dir.path(), Options::default(), || Ok(signer(9)))
-        .err()
-        .unwrap();
-    assert!(matches!(err, LedgerError::KeyMismatch { .. }), "{err}");
-    let l = open(dir.path());
-    assert_eq!(l.len().unwrap(), 3);
-    assert!(l.verify().unwrap().is_ok());
-    // A new ledger whose signer cannot be had leaves no directory behind.
-    let fresh = dir.path().join("fresh");
-    let no_signer = || {
-        Err(LedgerError::Sign(zeronode_ledger::signer::SignError(
-            "no".into(),
-        )))
+    let l = Ledger::open_awaiting_signer(dir.path(), Options::default()).unwrap();
+    // Reads answer at once; an append waits in the queue for the signer.
+    assert_eq!(l.len().unwrap(), 0);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let queued = {
+        let l = l.clone();
+        std::thread::spawn(move || {
+            let r = l.append(Kind::Event, meta("early", 1, "", &[]), b"queued".to_vec());
+            done_tx.send(()).unwrap();
+            r
+        })
     };
-    assert!(Ledger::open_then_sign(&fresh, Options::default(), no_signer).is_err());
-    assert!(!fresh.exists());
+    assert!(
+        done_rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err(),
+        "an append finished before the ledger had a signer"
+    );
+    l.attach_signer(signer(1)).unwrap();
+    let receipt = queued.join().unwrap().unwrap();
+    assert_eq!(receipt.seq, 0);
+    assert_eq!(l.public_key().unwrap(), signer(1).public_key());
+    fill(&l, 3);
+    assert!(matches!(
+        l.attach_signer(signer(1)),
+        Err(LedgerError::SignerAttached)
+    ));
+    drop(l);
+
+    // Another key is refused, and then nothing appends.
+    let l = Ledger::open_awaiting_signer(dir.path(), Options::default()).unwrap();
+    let err = l.attach_signer(signer(9)).unwrap_err();
+    assert!(matches!(err, LedgerError::KeyMismatch { .. }), "{err}");
+    let err = l
+        .append(Kind::Event, EntryMeta::default(), vec![])
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::SignerFailed(_)), "{err}");
+    drop(l);
+
+    // A signer that never came fails what waited for it and changes nothing.
+    let l = Ledger::open_awaiting_signer(dir.path(), Options::default()).unwrap();
+    let waiting = {
+        let l = l.clone();
+        std::thread::spawn(move || l.append(Kind::Event, EntryMeta::default(), vec![]))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    l.signer_failed("identity did not answer".into());
+    let err = waiting.join().unwrap().unwrap_err();
+    assert!(matches!(err, LedgerError::WriterGone), "{err}");
+    let err = l.signed_tree_head().unwrap_err();
+    assert!(err.to_string().contains("identity did not answer"), "{err}");
+    drop(l);
+    let l = open(dir.path());
+    assert_eq!(l.len().unwrap(), 4);
+    assert!(l.verify().unwrap().is_ok());
+
+    // A new ledger whose signer never came holds no key: the next signer's
+    // key is the one it records.
+    let fresh = dir.path().join("fresh");
+    let l = Ledger::open_awaiting_signer(&fresh, Options::default()).unwrap();
+    l.signer_failed("no".into());
+    drop(l);
+    let l = Ledger::open(&fresh, signer(2), Options::default()).unwrap();
+    assert_eq!(l.public_key().unwrap(), signer(2).public_key());
 }
 
 #[test]
@@ -376,7 +407,7 @@ fn proofs_verify_and_fail_for_wrong_entries_and_forks() {
     let dir = tempfile::tempdir().unwrap();
     let l = open(dir.path());
     fill(&l, 77);
-    let pk = l.public_key();
+    let pk = l.public_key().unwrap();
     let hashes: Vec<[u8; 32]> = (0..77)
         .map(|s| {
             verifier::verify_record(&pk, &l.record(s).unwrap().unwrap())
