@@ -119,14 +119,26 @@ fn run(args: Args) -> Result<()> {
         // file orders us after storage only), so our own start-up and the
         // TLS certificate, which needs only identity, overlap the ledger's.
         // A restart of either is not a reason to fail the node either.
+        // The certificate's key is made while identity starts; once it is
+        // up, the certificate (which identity signs) and the state read
+        // from the ledger are made together.
         let deadline = Instant::now() + Duration::from_secs(args.wait);
+        let tls_key = tokio::task::spawn_blocking(tls::new_key);
         let app = retry_until(deadline, "identity", || App::start(cfg.clone())).await?;
         let node_key = app.node_key.to_bytes();
         let app2 = app.clone();
-        let tls = tls::server_config(&node_key, |m| async move { app2.sign(&m).await })
-            .await
-            .context("making the TLS certificate")?;
-        retry_until(deadline, "the ledger", || app.load()).await?;
+        let certified = async {
+            let key = tls_key.await.context("making the TLS key")??;
+            anyhow::Ok(
+                tls::server_config(key, &node_key, |m| async move { app2.sign(&m).await }).await?,
+            )
+        };
+        let (tls, loaded) = tokio::join!(
+            certified,
+            retry_until(deadline, "the ledger", || app.load())
+        );
+        let tls = tls.context("making the TLS certificate")?;
+        loaded?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
