@@ -263,12 +263,33 @@ pub struct Planned {
 }
 
 /// The modules of `plan` whose dependencies are all `settled` (in, or
-/// given up on): what can load now, side by side.
+/// given up on): what can load now, side by side. Workers take them in
+/// this order, so those the most planned modules wait for come first,
+/// then by name: in name order the input drivers (button, evdev) held both
+/// workers at boot while virtio, which the disks and NICs wait for, queued
+/// behind them (~170 ms under TCG).
 pub fn next_wave(plan: &BTreeMap<String, Planned>, settled: impl Fn(&str) -> bool) -> Vec<String> {
-    plan.iter()
+    let mut wave: Vec<(usize, &String)> = plan
+        .iter()
         .filter(|(_, p)| p.hard.iter().chain(&p.soft).all(|d| settled(d)))
-        .map(|(n, _)| n.clone())
-        .collect()
+        .map(|(n, _)| (waiting_for(plan, n), n))
+        .collect();
+    wave.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    wave.into_iter().map(|(_, n)| n.clone()).collect()
+}
+
+/// How many modules of `plan` wait for `module`, directly or through others.
+fn waiting_for(plan: &BTreeMap<String, Planned>, module: &str) -> usize {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut todo = vec![module];
+    while let Some(m) = todo.pop() {
+        for (n, p) in plan {
+            if p.hard.iter().chain(&p.soft).any(|d| d == m) && seen.insert(n) {
+                todo.push(n);
+            }
+        }
+    }
+    seen.len()
 }
 
 fn read(path: &Path) -> Result<String, KmodError> {
@@ -1224,6 +1245,33 @@ mod tests {
             out.push(wave);
         }
         out
+    }
+
+    #[test]
+    fn what_more_modules_wait_for_loads_first() {
+        let planned = |deps: &[&str]| Planned {
+            path: PathBuf::new(),
+            hard: deps.iter().map(|d| d.to_string()).collect(),
+            soft: vec![],
+        };
+        let plan: BTreeMap<String, Planned> = [
+            ("button", planned(&[])),
+            ("evdev", planned(&[])),
+            ("virtio", planned(&[])),
+            ("virtio_ring", planned(&["virtio"])),
+            ("virtio_pci", planned(&["virtio", "virtio_ring"])),
+            ("virtio_blk", planned(&["virtio_pci"])),
+            ("scsi_common", planned(&[])),
+            ("scsi_mod", planned(&["scsi_common"])),
+        ]
+        .into_iter()
+        .map(|(n, p)| (n.to_string(), p))
+        .collect();
+        assert_eq!(waiting_for(&plan, "virtio"), 3);
+        assert_eq!(
+            next_wave(&plan, |_| false),
+            ["virtio", "scsi_common", "button", "evdev"]
+        );
     }
 
     #[test]
