@@ -45,8 +45,8 @@ pub fn run(
     node: Arc<RwLock<Node>>,
 ) {
     // Nothing waits for these formats: they yield the CPUs to the services
-    // starting beside them (the threads and mkfs.btrfs started from here
-    // inherit this thread's nice value).
+    // starting beside them (the threads started from here inherit this
+    // thread's nice value).
     // SAFETY: a plain system call on the calling thread.
     if unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS as _, 0, 10) } != 0 {
         tracing::debug!(
