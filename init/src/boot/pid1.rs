@@ -38,6 +38,7 @@ fn boot() -> Result<std::convert::Infallible, String> {
     }
 
     tracing::debug!("stage 2: running from the system image");
+    let stage2 = std::time::Instant::now();
     // WRITABLE is in place already when stage 1 built the root; mount_all
     // skips what is mounted.
     for set in [mounts::WRITABLE, mounts::SYSTEM] {
@@ -52,6 +53,7 @@ fn boot() -> Result<std::convert::Infallible, String> {
         tracing::warn!("bringing lo up: {e}");
     }
     write_boot_config(&cfg);
+    tracing::debug!("stage 2 set up in {} ms", stage2.elapsed().as_millis());
     // The service files are read while coldplug loads drivers: its last
     // 150 ms are a wait for the uevent stream to go quiet.
     let services = std::thread::Builder::new()
@@ -145,11 +147,16 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
         Err(e) => return tracing::warn!("uname: {e}; no kernel modules loaded"),
     };
     let dir = Path::new("/lib/modules").join(&release);
+    let t = std::time::Instant::now();
     let index = match kmod::ModuleIndex::load(&dir) {
         Ok(i) => std::sync::Arc::new(i),
         Err(e) => return tracing::warn!("no kernel modules loaded: {e}"),
     };
-    tracing::debug!("module index of {} read", dir.display());
+    tracing::debug!(
+        "module index of {} read in {} ms",
+        dir.display(),
+        t.elapsed().as_millis()
+    );
     match static_nodes::create(&dir, Path::new("/dev")) {
         Ok(made) => tracing::debug!("{} device nodes for on-demand modules", made.len()),
         Err(e) => tracing::warn!("device nodes for on-demand modules: {e}"),
