@@ -140,10 +140,6 @@ fn prepare(index: Arc<kmod::ModuleIndex>) -> Result<(), RootError> {
 fn switch(early: Option<early_modules::Child>) -> Result<(), RootError> {
     let new_root = Path::new(NEW_ROOT);
     let device = loopdev::attach_read_only(Path::new(SYSTEM_IMAGE), Detach::WithLastUser)?;
-    // The image is in RAM; a slower exec is all a failure here costs.
-    if let Err(e) = device.disable_read_ahead() {
-        tracing::warn!("{e}");
-    }
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     mount(
         Some(&device.path),

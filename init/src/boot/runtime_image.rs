@@ -63,10 +63,6 @@ pub fn attach(new_root: &Path) {
     let attached = loopdev::attach_read_only(Path::new(IMAGE), Detach::Never)
         .map_err(|e| e.to_string())
         .and_then(|device| {
-            // In RAM too: read-ahead only decompresses blocks ahead.
-            if let Err(e) = device.disable_read_ahead() {
-                tracing::warn!("{e}");
-            }
             let write = || -> io::Result<()> {
                 if let Some(dir) = record.parent() {
                     std::fs::create_dir_all(dir)?;

@@ -628,35 +628,50 @@ impl Ledger {
     /// takes the appends queued meanwhile. An error leaves the ledger
     /// without a signer for good: what waits for one fails.
     pub fn attach_signer(&self, signer: Arc<dyn Signer>) -> Result<()> {
-        let attached = self.start_writer(signer.clone());
-        match &attached {
-            Ok(()) => self.set_signing(Signing::Ready(signer)),
-            Err(LedgerError::NoSigner | LedgerError::SignerAttached) => {}
-            Err(e) => self.signer_failed(e.to_string()),
-        }
-        attached
-    }
-
-    /// The signer will not come (say, identity never answered): queued
-    /// appends and waiting heads fail with `why`.
-    pub fn signer_failed(&self, why: String) {
-        if let Ok(mut q) = self.inner.queued.lock() {
-            q.take();
-        }
-        self.set_signing(Signing::Failed(why));
-    }
-
-    fn start_writer(&self, signer: Arc<dyn Signer>) -> Result<()> {
-        match &*self
-            .inner
-            .signing
-            .lock()
-            .map_err(|_| LedgerError::WriterGone)?
-        {
+        // Held throughout: a second attach or a `signer_failed` waits, and
+        // then finds the state this one left.
+        let mut signing = self.signing()?;
+        match &*signing {
             Signing::Never => return Err(LedgerError::NoSigner),
             Signing::Awaiting => {}
             Signing::Ready(_) | Signing::Failed(_) => return Err(LedgerError::SignerAttached),
         }
+        let started = self.start_writer(signer.clone());
+        *signing = match &started {
+            Ok(()) => Signing::Ready(signer),
+            Err(e) => {
+                self.drop_queued();
+                Signing::Failed(e.to_string())
+            }
+        };
+        drop(signing);
+        self.inner.signing_changed.notify_all();
+        started
+    }
+
+    /// The signer will not come (say, identity never answered): queued
+    /// appends and waiting heads fail with `why`. A ledger that has its
+    /// signer keeps it.
+    pub fn signer_failed(&self, why: String) {
+        if let Ok(mut signing) = self.signing() {
+            if matches!(*signing, Signing::Awaiting) {
+                self.drop_queued();
+                *signing = Signing::Failed(why);
+            }
+        }
+        self.inner.signing_changed.notify_all();
+    }
+
+    /// Appends queued for a writer that will not start fail (their reply
+    /// channels close).
+    fn drop_queued(&self) {
+        if let Ok(mut q) = self.inner.queued.lock() {
+            q.take();
+        }
+    }
+
+    /// Checks or records the key, then starts the writer on the queue.
+    fn start_writer(&self, signer: Arc<dyn Signer>) -> Result<()> {
         let (env, dbs) = (&self.inner.env, self.inner.dbs);
         let given = signer.public_key();
         match self.inner.public_key.get() {
@@ -691,20 +706,16 @@ impl Ledger {
         Ok(())
     }
 
-    fn set_signing(&self, to: Signing) {
-        if let Ok(mut s) = self.inner.signing.lock() {
-            *s = to;
-        }
-        self.inner.signing_changed.notify_all();
+    fn signing(&self) -> Result<std::sync::MutexGuard<'_, Signing>> {
+        self.inner
+            .signing
+            .lock()
+            .map_err(|_| LedgerError::WriterGone)
     }
 
     /// The signer, once here (waits while it is on its way).
     fn signer(&self) -> Result<Arc<dyn Signer>> {
-        let mut s = self
-            .inner
-            .signing
-            .lock()
-            .map_err(|_| LedgerError::WriterGone)?;
+        let mut s = self.signing()?;
         loop {
             match &*s {
                 Signing::Never => return Err(LedgerError::NoSigner),
@@ -783,12 +794,7 @@ impl Ledger {
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Request>> {
-        match &*self
-            .inner
-            .signing
-            .lock()
-            .map_err(|_| LedgerError::WriterGone)?
-        {
+        match &*self.signing()? {
             Signing::Never => return Err(LedgerError::NoSigner),
             Signing::Failed(why) => return Err(LedgerError::SignerFailed(why.clone())),
             Signing::Awaiting | Signing::Ready(_) => {}

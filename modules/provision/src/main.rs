@@ -116,12 +116,10 @@ fn run(args: Args) -> Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         // Identity and the ledger start beside us at boot (the services
-        // file orders us after storage only), so our own start-up and the
-        // TLS certificate, which needs only identity, overlap the ledger's.
-        // A restart of either is not a reason to fail the node either.
-        // The certificate's key is made while identity starts; once it is
-        // up, the certificate (which identity signs) and the state read
-        // from the ledger are made together.
+        // file orders us after storage only): the certificate's key is
+        // made while identity starts; once it is up, the certificate
+        // (which identity signs) and the state read from the ledger are
+        // made together. A restart of either is not a reason to fail.
         let deadline = Instant::now() + Duration::from_secs(args.wait);
         let tls_key = tokio::task::spawn_blocking(tls::new_key);
         let app = retry_until(deadline, "identity", || App::start(cfg.clone())).await?;
