@@ -50,8 +50,9 @@ pub struct RunOptions {
     pub ready_clock: ReadyClock,
     /// Become a child subreaper so orphans of services are reaped here (process mode).
     pub subreaper: bool,
-    /// Told once, when the ready line is out (PID 1 then loads the kernel
-    /// modules nothing on the way to ready needs).
+    /// Told once, when the ready line is out (PID 1 then gives back normal
+    /// RCU grace periods and loads the kernel modules nothing on the way to
+    /// ready needs).
     pub on_ready: Option<std::sync::mpsc::Sender<()>>,
 }
 

@@ -7,7 +7,8 @@ use zeronode_qemu::Boot;
 use super::{ensure, opts, start, Check, BOOT_TIMEOUT, PXE_TIMEOUT};
 
 /// Ready line; a typo'd zeronode key is reported and ignored; every device
-/// gets its driver; the runtime image is verified and mounted after ready;
+/// gets its driver; RCU grace periods are expedited until ready only; the
+/// runtime image is verified and mounted after ready;
 /// the power button powers off with filesystems unmounted.
 pub fn direct_boot_ready_then_power_button() -> Check {
     let mut o = opts(Boot::Direct);
@@ -33,6 +34,19 @@ pub fn direct_boot_ready_then_power_button() -> Check {
         console
             .contains("ignoring kernel parameter \"zeronode.frobnicate=1\": unknown zeronode key"),
         || "the unknown key was not reported".into(),
+    )?;
+    // RCU grace periods are expedited from stage 1 to the ready line only.
+    let at = |needle: &str| console.find(needle);
+    let (expedited, ready, normal) = (
+        at("RCU grace periods expedited until ready"),
+        at("zeronode: ready in"),
+        at("RCU grace periods normal again"),
+    );
+    ensure(
+        matches!((expedited, ready, normal), (Some(e), Some(r), Some(n)) if e < r && r < n),
+        || {
+            format!("RCU expedited {expedited:?}, ready {ready:?}, normal again {normal:?}: not in that order")
+        },
     )?;
     let loaded: Vec<&str> = console
         .lines()

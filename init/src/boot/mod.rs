@@ -9,6 +9,7 @@ pub mod net;
 pub mod parallel_hash;
 pub mod pid1;
 pub mod power_button;
+pub mod rcu;
 pub mod rootfs;
 pub mod runtime_image;
 pub mod shutdown;

@@ -9,7 +9,9 @@
 
 use std::path::Path;
 
-use super::{kmod, logging, mounts, net, power_button, rootfs, shutdown, static_nodes, watchdog};
+use super::{
+    kmod, logging, mounts, net, power_button, rcu, rootfs, shutdown, static_nodes, watchdog,
+};
 use crate::run::{self, ReadyClock, RunOptions, Services};
 use crate::supervisor::Supervisor;
 use zeronode_types::boot_config::{self as cmdline, BootConfig};
@@ -31,6 +33,7 @@ fn boot() -> Result<std::convert::Infallible, String> {
     mounts::mount_all(Path::new("/"), mounts::KERNEL_API).map_err(|e| e.to_string())?;
     let all_cpus_at_init = run::CpuTime::now();
     let cfg = read_cmdline();
+    let rcu = rcu::Expedited::start();
 
     if rootfs::has_system_image(Path::new(rootfs::SYSTEM_IMAGE), &cfg).map_err(|e| e.to_string())? {
         tracing::info!("verifying and entering the system image");
@@ -60,7 +63,8 @@ fn boot() -> Result<std::convert::Infallible, String> {
         .name("services".into())
         .spawn(|| Supervisor::read_services(Path::new(SERVICES_DIR)));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    load_modules(ready_rx);
+    let deferred_modules = load_modules();
+    after_ready(ready_rx, rcu, deferred_modules);
     let services = match services.map(|t| t.join()) {
         Ok(Ok(specs)) => Services::Read(specs),
         // No thread, or it panicked: read them here.
@@ -140,17 +144,24 @@ fn write_boot_config(cfg: &BootConfig) {
 /// fires): those (kvm, bridge, veth, nf_tables...) serve workloads, and the
 /// kernel asks for most of them itself through /sbin/modprobe, so they only
 /// warm up the first use and must not compete with the way to ready for the
-/// CPU. Failures are reported and boot goes on.
-fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
+/// CPU: the fixed list comes back as work for after ready. Failures are
+/// reported and boot goes on.
+fn load_modules() -> Option<Deferred> {
     let release = match nix::sys::utsname::uname() {
         Ok(u) => u.release().to_string_lossy().into_owned(),
-        Err(e) => return tracing::warn!("uname: {e}; no kernel modules loaded"),
+        Err(e) => {
+            tracing::warn!("uname: {e}; no kernel modules loaded");
+            return None;
+        }
     };
     let dir = Path::new("/lib/modules").join(&release);
     let t = std::time::Instant::now();
     let index = match kmod::ModuleIndex::load(&dir) {
         Ok(i) => std::sync::Arc::new(i),
-        Err(e) => return tracing::warn!("no kernel modules loaded: {e}"),
+        Err(e) => {
+            tracing::warn!("no kernel modules loaded: {e}");
+            return None;
+        }
     };
     tracing::debug!(
         "module index of {} read in {} ms",
@@ -182,17 +193,30 @@ fn load_modules(ready: std::sync::mpsc::Receiver<()>) {
     let list = std::fs::read_to_string("/etc/zeronode/modules-load").unwrap_or_default();
     let mut fixed = loader.cpu_feature_modules(Path::new("/sys"));
     fixed.extend(kmod::parse_load_list(&list));
+    Some(Box::new(move || {
+        let mut report = kmod::LoadReport::default();
+        loader.load_many(fixed, &mut report);
+        report.log("CPU features and fixed module list");
+    }))
+}
+
+/// Work held back until the ready line.
+type Deferred = Box<dyn FnOnce() + Send>;
+
+/// Once the ready line is out (or the supervisor gave up and closed the
+/// channel): normal RCU grace periods again, then the modules held back.
+fn after_ready(ready: std::sync::mpsc::Receiver<()>, rcu: rcu::Expedited, work: Option<Deferred>) {
     let spawned = std::thread::Builder::new()
-        .name("modules-load".into())
+        .name("after-ready".into())
         .spawn(move || {
-            // A closed channel (the supervisor gave up) loads them too.
             let _ = ready.recv();
-            let mut report = kmod::LoadReport::default();
-            loader.load_many(fixed, &mut report);
-            report.log("CPU features and fixed module list");
+            rcu.normal();
+            if let Some(work) = work {
+                work();
+            }
         });
     if let Err(e) = spawned {
-        tracing::warn!("cannot load the fixed module list: {e}");
+        tracing::warn!("cannot wait for the ready line ({e}): RCU stays expedited, the fixed module list is not loaded");
     }
 }
 
