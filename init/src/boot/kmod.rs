@@ -873,29 +873,44 @@ impl Schedule {
         self.plan.extend(plan);
     }
 
-    /// Hands the workers every planned module whose dependencies are in
-    /// or given up on; one whose hard dependency failed fails.
+    /// Fails every planned module whose dependencies are settled and one of
+    /// them failed, then hands each idle worker the first of the modules
+    /// that can load now. Only idle workers get one: a module that becomes
+    /// loadable later (virtio_pci once virtio is in) then goes before the
+    /// input drivers that could load from the start, instead of queueing
+    /// behind all of them.
     fn dispatch(&mut self, loader: &mut Loader, jobs: &mpsc::Sender<Job>, report: &mut LoadReport) {
+        let settled = |s: &Self, d: &str| loader.present(d) || s.failed.contains(d);
         loop {
-            let ready = next_wave(&self.plan, |d| loader.present(d) || self.failed.contains(d));
-            if ready.is_empty() {
-                return;
+            let doomed: Vec<(String, String)> = self
+                .plan
+                .iter()
+                .filter(|(_, p)| p.hard.iter().chain(&p.soft).all(|d| settled(self, d)))
+                .filter_map(|(m, p)| {
+                    let d = p.hard.iter().find(|d| self.failed.contains(*d))?;
+                    Some((m.clone(), d.clone()))
+                })
+                .collect();
+            if doomed.is_empty() {
+                break;
             }
-            for m in ready {
-                let Some(Planned { path, hard, .. }) = self.plan.remove(&m) else {
-                    continue;
-                };
-                if let Some(d) = hard.iter().find(|d| self.failed.contains(*d)) {
-                    report
-                        .failed
-                        .push((m.clone(), format!("needs {d}, which did not load")));
-                    // Its dependents may fail now too: hence the loop.
-                    self.failed.insert(m);
-                    continue;
-                }
-                if jobs.send((m.clone(), path)).is_ok() {
-                    self.in_flight.insert(m);
-                }
+            // Their dependents may fail now too: hence the loop.
+            for (m, d) in doomed {
+                self.plan.remove(&m);
+                report
+                    .failed
+                    .push((m.clone(), format!("needs {d}, which did not load")));
+                self.failed.insert(m);
+            }
+        }
+        let idle = loader.workers.saturating_sub(self.in_flight.len());
+        let ready = next_wave(&self.plan, |d| settled(self, d));
+        for m in ready.into_iter().take(idle) {
+            let Some(Planned { path, .. }) = self.plan.remove(&m) else {
+                continue;
+            };
+            if jobs.send((m.clone(), path)).is_ok() {
+                self.in_flight.insert(m);
             }
         }
     }
@@ -1497,6 +1512,43 @@ mod tests {
             "{ended:?}"
         );
         assert_eq!(report.loaded.len(), ended.len());
+    }
+
+    /// Module loads seen by `paced_load`, in the order they ended.
+    static PACED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    /// 30 ms for every module.
+    fn paced_load(path: &Path, _: bool) -> Result<(), KmodError> {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        PACED.lock().unwrap().push(name_of(&path.to_string_lossy()));
+        Ok(())
+    }
+
+    #[test]
+    fn a_module_that_becomes_loadable_goes_before_waiting_leaves() {
+        let dir = fixture();
+        let mut loader = stand_in(dir.path(), paced_load);
+        let mut report = LoadReport::default();
+        // failover -> net_failover -> virtio_net is a chain; the other four
+        // could all load from the start, and nothing waits for them.
+        let roots = [
+            "virtio_net",
+            "e1000e",
+            "usb_storage",
+            "crc32c_generic",
+            "xor",
+        ];
+        loader.load_many(roots.map(String::from).to_vec(), &mut report);
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let ended = PACED.lock().unwrap().clone();
+        let at = |m: &str| ended.iter().position(|e| e == m).unwrap();
+        // Two workers: failover and crc32c_generic, then net_failover (which
+        // virtio_net waits for) beside e1000e, then virtio_net beside
+        // usb_storage. Queued all at once, the leaves went first and
+        // virtio_net came last.
+        assert!(at("net_failover") < at("usb_storage"), "{ended:?}");
+        assert!(at("virtio_net") < at("xor"), "{ended:?}");
+        assert_eq!(ended.len(), 7, "{ended:?}");
     }
 
     fn instant_load(_: &Path, _: bool) -> Result<(), KmodError> {
