@@ -74,6 +74,10 @@ pub fn direct_boot_ready_then_power_button() -> Check {
     ensure(!console.contains("WARN module"), || {
         "a kernel module failed to load".into()
     })?;
+    // The images' loop devices have read-ahead off (they are in RAM).
+    ensure(!console.contains("setting the read-ahead"), || {
+        "read-ahead of an image's loop device was not turned off".into()
+    })?;
     ensure(
         console.contains("hardware watchdog /dev/watchdog0 armed"),
         || "PID 1 did not arm QEMU's i6300esb watchdog".into(),

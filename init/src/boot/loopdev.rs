@@ -29,8 +29,10 @@ pub enum LoopError {
 // The request type differs between glibc (c_ulong) and musl (c_int).
 const LOOP_CTL_GET_FREE: nix::libc::Ioctl = 0x4C82;
 const LOOP_CONFIGURE: nix::libc::Ioctl = 0x4C0A;
-/// `BLKRASET` from <linux/fs.h>: read-ahead in 512-byte sectors.
-const BLKRASET: nix::libc::Ioctl = 0x125F;
+/// `BLKRASET` from <linux/fs.h>, `_IO(0x12, 98)`: read-ahead in 512-byte
+/// sectors. (0x125F, `_IO(0x12, 95)`, is BLKRRPART: the kernel answered
+/// EINVAL and read-ahead stayed on.)
+const BLKRASET: nix::libc::Ioctl = 0x1262;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_NAME_SIZE: usize = 64;
@@ -175,6 +177,14 @@ pub fn attach_read_only(backing: &Path, detach: Detach) -> Result<LoopDevice, Lo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ioctl_numbers_are_the_kernels() {
+        // <linux/fs.h> and <linux/loop.h>: _IO(0x12, 98), _IO('L', 0x82), _IO('L', 0x0A).
+        assert_eq!(BLKRASET, nix::request_code_none!(0x12, 98));
+        assert_eq!(LOOP_CTL_GET_FREE, nix::request_code_none!(b'L', 0x82));
+        assert_eq!(LOOP_CONFIGURE, nix::request_code_none!(b'L', 0x0A));
+    }
 
     #[test]
     fn uapi_layout() {
