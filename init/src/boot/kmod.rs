@@ -904,6 +904,11 @@ impl Schedule {
             }
         }
         let idle = loader.workers.saturating_sub(self.in_flight.len());
+        if idle == 0 {
+            // Every worker busy: ranking what can load (a walk of the plan
+            // for each) would be thrown away on every uevent.
+            return;
+        }
         let ready = next_wave(&self.plan, |d| settled(self, d));
         for m in ready.into_iter().take(idle) {
             let Some(Planned { path, .. }) = self.plan.remove(&m) else {
