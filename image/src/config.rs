@@ -59,6 +59,9 @@ pub struct Kernel {
     /// Whether the image's modules keep Debian's signatures.
     #[serde(default)]
     pub module_signatures: ModuleSignatures,
+    /// Whether the modules keep their tables of inline static-call sites.
+    #[serde(default)]
+    pub module_static_call_sites: StaticCallSites,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -69,6 +72,20 @@ pub enum ModuleSignatures {
     Keep,
     /// Removed: the pinned image hash covers the modules already.
     Strip,
+}
+
+/// A module's `.static_call_sites` lists each call it makes through a
+/// static call (`cond_resched()`, tracepoints, KVM's vendor hooks), so that
+/// the kernel can rewrite the call to go straight to the current target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaticCallSites {
+    /// As Debian ships them: every site is rewritten as the module loads.
+    #[default]
+    Keep,
+    /// Emptied: each call goes through its static call's trampoline (one
+    /// direct jump more), which the kernel keeps pointing at the target.
+    Drop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -231,6 +248,16 @@ impl ImageConfig {
             return Err(invalid(
                 "kernel.version",
                 format!("{:?} is not a Debian version", cfg.kernel.version),
+            ));
+        }
+        if cfg.kernel.module_static_call_sites == StaticCallSites::Drop
+            && cfg.kernel.module_signatures == ModuleSignatures::Keep
+        {
+            return Err(invalid(
+                "kernel.module_static_call_sites",
+                "\"drop\" changes the modules, so Debian's signatures on them would no longer \
+                 match: set module_signatures = \"strip\" too"
+                    .into(),
             ));
         }
         if !safe(&cfg.kernel.release) {
@@ -466,6 +493,18 @@ extra = ["loglevel=4"]
             "binaries = []\nprograms = [\"zeronode\"]\nmulticall = [\"../sbin/x\"]",
         ));
         assert!(err.contains("system.multicall"), "{err}");
+        let drop = "release = \"6.1.0-50-amd64\"\nmodule_static_call_sites = \"drop\"";
+        let err = error_of(&base.replace("release = \"6.1.0-50-amd64\"", drop));
+        assert!(
+            err.contains("kernel.module_static_call_sites") && err.contains("strip"),
+            "{err}"
+        );
+        let stripped = format!("{drop}\nmodule_signatures = \"strip\"");
+        assert!(ImageConfig::parse(
+            &base.replace("release = \"6.1.0-50-amd64\"", &stripped),
+            "x"
+        )
+        .is_ok());
         let err = error_of(&base.replace("[kernel]", "[kernal]"));
         assert!(err.contains("kernal"), "{err}");
         for path in [
