@@ -40,19 +40,58 @@ pub fn opts(boot: Boot) -> NodeOptions {
     o
 }
 
-/// Starts a node. With `ZN_E2E_CONSOLE_DIR` set, each node's whole console
-/// is kept there (`node-N.log`, N counting from 1 in start order), to read
-/// after a failure.
+/// Starts a node. Each node's whole console is kept in `ZN_E2E_CONSOLE_DIR`
+/// (default: `zeronode-e2e-<pid>` in the temp dir) as `node-N.log`, N
+/// counting from 1 in start order; a failed case prints the end of its
+/// nodes' consoles.
 pub fn start(o: &NodeOptions) -> Result<Node, String> {
     static STARTED: AtomicUsize = AtomicUsize::new(0);
     let n = STARTED.fetch_add(1, Ordering::Relaxed) + 1;
     let mut o = o.clone();
-    if let Some(dir) = std::env::var_os("ZN_E2E_CONSOLE_DIR") {
-        let dir = std::path::PathBuf::from(dir);
+    if o.console.is_none() {
+        let dir = std::env::var_os("ZN_E2E_CONSOLE_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("zeronode-e2e-{}", std::process::id()))
+            });
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        o.console.get_or_insert(dir.join(format!("node-{n}.log")));
+        o.console = Some(dir.join(format!("node-{n}.log")));
+    }
+    if let Some(path) = &o.console {
+        CONSOLES.with(|c| c.borrow_mut().push(path.clone()));
     }
     Node::start(&o).map_err(|e| e.to_string())
+}
+
+thread_local! {
+    /// The consoles of the nodes the case on this thread started.
+    static CONSOLES: std::cell::RefCell<Vec<std::path::PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How much of each console a failed case prints.
+const FAILED_CONSOLE_LINES: usize = 80;
+
+/// The last lines of each console the case on this thread started.
+fn console_tails() -> String {
+    let mut out = String::new();
+    for path in CONSOLES.with(|c| c.take()) {
+        let text = std::fs::read(&path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|e| format!("(unreadable: {e})"));
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(FAILED_CONSOLE_LINES);
+        out.push_str(&format!(
+            "--- last {} lines of {} ---\n",
+            lines.len() - from,
+            path.display()
+        ));
+        for l in &lines[from..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 pub fn ensure(cond: bool, what: impl FnOnce() -> String) -> Check {
@@ -139,11 +178,15 @@ const BESIDE: &[&str] = &["vm_runs_and_comes_back_after_a_hard_reset"];
 /// Runs one case and prints its result as it ends.
 fn run((name, case): Case) -> bool {
     let t = Instant::now();
+    CONSOLES.with(|c| c.borrow_mut().clear());
     let result = case();
     let secs = t.elapsed().as_secs_f64();
     match &result {
         Ok(()) => println!("e2e {name} ... ok ({secs:.1} s)"),
-        Err(e) => println!("e2e {name} ... FAILED ({secs:.1} s)\n{e}\n"),
+        Err(e) => println!(
+            "e2e {name} ... FAILED ({secs:.1} s)\n{e}\n{}",
+            console_tails()
+        ),
     }
     result.is_ok()
 }
