@@ -108,12 +108,18 @@ fn main() {
     // Round by round, every case once a round: the host's speed drifts by
     // seconds over minutes, and case after case would charge the drift to
     // whichever case ran in the slow minutes.
+    // The order turns by one case a round: on this host a boot that comes
+    // right after the small baseline (or after a pause) ran 0.2-0.8 s slower
+    // than the same image booted right after another node, so no case may
+    // always sit in that place.
     let mut samples: Vec<Vec<Sample>> = cases.iter().map(|_| Vec::new()).collect();
     for round in 1..=runs {
         eprintln!("round {round} of {runs}");
-        for ((name, opts, is_baseline), out) in cases.iter().zip(&mut samples) {
+        let first = (round - 1) % cases.len();
+        for i in (first..cases.len()).chain(0..first) {
+            let (name, opts, is_baseline) = &cases[i];
             match one(opts, *is_baseline) {
-                Ok(s) => out.push(s),
+                Ok(s) => samples[i].push(s),
                 Err(e) => {
                     eprintln!("{name}: {e}");
                     std::process::exit(1);
