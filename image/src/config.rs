@@ -416,7 +416,7 @@ mod tests {
             assert!(cfg.runtime.binaries.iter().any(|b| b == tool), "{tool}");
         }
         assert_eq!(cfg.kernel.package, "linux-image-6.1.0-50-amd64");
-        assert_eq!((cfg.system.block_kib, cfg.runtime.block_kib), (128, 512));
+        assert_eq!((cfg.system.block_kib, cfg.runtime.block_kib), (64, 512));
     }
 
     /// A small declaration the bad-input cases edit.
