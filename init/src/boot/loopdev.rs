@@ -26,13 +26,16 @@ pub enum LoopError {
     },
 }
 
-// The request type differs between glibc (c_ulong) and musl (c_int).
-const LOOP_CTL_GET_FREE: nix::libc::Ioctl = 0x4C82;
-const LOOP_CONFIGURE: nix::libc::Ioctl = 0x4C0A;
-/// `BLKRASET` from <linux/fs.h>, `_IO(0x12, 98)`: read-ahead in 512-byte
-/// sectors. (0x125F, `_IO(0x12, 95)`, is BLKRRPART: the kernel answered
-/// EINVAL and read-ahead stayed on.)
-const BLKRASET: nix::libc::Ioctl = 0x1262;
+// Spelled as the headers define them (`_IO(type, nr)`), not as numbers:
+// a hand-encoded BLKRASET was once BLKRRPART's 0x125F, the kernel answered
+// EINVAL and read-ahead stayed on. The request type differs between glibc
+// (c_ulong) and musl (c_int); the macro gives the target's.
+/// `LOOP_CTL_GET_FREE` from <linux/loop.h>.
+const LOOP_CTL_GET_FREE: nix::libc::Ioctl = nix::request_code_none!(b'L', 0x82);
+/// `LOOP_CONFIGURE` from <linux/loop.h>.
+const LOOP_CONFIGURE: nix::libc::Ioctl = nix::request_code_none!(b'L', 0x0A);
+/// `BLKRASET` from <linux/fs.h>: read-ahead in 512-byte sectors.
+const BLKRASET: nix::libc::Ioctl = nix::request_code_none!(0x12, 98);
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_NAME_SIZE: usize = 64;
@@ -180,10 +183,10 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_are_the_kernels() {
-        // <linux/fs.h> and <linux/loop.h>: _IO(0x12, 98), _IO('L', 0x82), _IO('L', 0x0A).
-        assert_eq!(BLKRASET, nix::request_code_none!(0x12, 98));
-        assert_eq!(LOOP_CTL_GET_FREE, nix::request_code_none!(b'L', 0x82));
-        assert_eq!(LOOP_CONFIGURE, nix::request_code_none!(b'L', 0x0A));
+        // The numbers the kernel's headers expand to on x86_64.
+        assert_eq!(BLKRASET, 0x1262);
+        assert_eq!(LOOP_CTL_GET_FREE, 0x4C82);
+        assert_eq!(LOOP_CONFIGURE, 0x4C0A);
     }
 
     #[test]
