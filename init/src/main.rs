@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     // (request_module): crypto algorithms, filesystems, nft expressions.
     let argv0 = std::env::args().next().unwrap_or_default();
     if argv0.rsplit('/').next() == Some("modprobe") {
-        return zeronode_init::boot::kmod::modprobe_main(std::env::args().skip(1));
+        return zeronode_init::boot::modprobe::main(std::env::args().skip(1));
     }
     // The `runtime` service: verify and mount the runtime image.
     if std::env::args().nth(1).as_deref() == Some("mount-runtime") {

@@ -476,7 +476,8 @@ impl Loader {
         self
     }
 
-    fn present(&self, name: &str) -> bool {
+    /// Whether `name` is in the kernel: loaded (by anyone) or built in.
+    pub fn present(&self, name: &str) -> bool {
         self.loaded.contains(name) || self.index.is_builtin(name)
     }
 
@@ -1135,49 +1136,6 @@ pub fn modaliases(sys: &Path) -> Vec<Device> {
         }
     }
     out
-}
-
-/// `modprobe [-q] [--] NAME`, as the kernel's request_module() calls it.
-/// Exit status 0 when something for NAME is in the kernel afterwards.
-pub fn modprobe_main(args: impl Iterator<Item = String>) -> std::process::ExitCode {
-    let args: Vec<String> = args.collect();
-    let quiet = args.iter().any(|a| a == "-q");
-    let Some(name) = args.iter().rfind(|a| !a.starts_with('-')) else {
-        eprintln!("usage: modprobe [-q] [--] MODULE");
-        return std::process::ExitCode::from(2);
-    };
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let index = match ModuleIndex::load(&Path::new("/lib/modules").join(release)) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("modprobe: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let mut loader = Loader::new(index);
-    let mut report = LoadReport::default();
-    let wanted = loader.index.resolve(name);
-    for m in &wanted {
-        loader.load(m, &mut report);
-    }
-    let present = wanted
-        .iter()
-        .any(|m| loader.loaded.contains(m) || loader.index.is_builtin(m));
-    if !quiet {
-        for (m, why) in &report.failed {
-            eprintln!("modprobe: {m}: {why}");
-        }
-    }
-    if present {
-        std::process::ExitCode::SUCCESS
-    } else {
-        if !quiet {
-            eprintln!("modprobe: nothing in this image provides {name:?}");
-        }
-        std::process::ExitCode::FAILURE
-    }
 }
 
 /// The module names in a `modules-load` list: one a line, `#` comments.

@@ -4,6 +4,7 @@ pub mod early_modules;
 pub mod kmod;
 pub mod logging;
 pub mod loopdev;
+pub mod modprobe;
 pub mod mounts;
 pub mod net;
 pub mod parallel_hash;

@@ -10,7 +10,8 @@
 use std::path::Path;
 
 use super::{
-    kmod, logging, mounts, net, power_button, rcu, rootfs, shutdown, static_nodes, watchdog,
+    kmod, logging, modprobe, mounts, net, power_button, rcu, rootfs, shutdown, static_nodes,
+    watchdog,
 };
 use crate::run::{self, ReadyClock, RunOptions, Services};
 use crate::supervisor::Supervisor;
@@ -56,6 +57,12 @@ fn boot() -> Result<std::convert::Infallible, String> {
         tracing::warn!("bringing lo up: {e}");
     }
     write_boot_config(&cfg);
+    if let Err(e) = modprobe::route_kernel_requests() {
+        tracing::warn!(
+            "the kernel's module requests stay with /sbin/modprobe ({}): {e}",
+            modprobe::LINK
+        );
+    }
     tracing::debug!("stage 2 set up in {} ms", stage2.elapsed().as_millis());
     // The service files are read while coldplug loads drivers: its last
     // 150 ms are a wait for the uevent stream to go quiet.
@@ -204,12 +211,16 @@ fn load_modules() -> Option<Deferred> {
 type Deferred = Box<dyn FnOnce() + Send>;
 
 /// Once the ready line is out (or the supervisor gave up and closed the
-/// channel): normal RCU grace periods again, then the modules held back.
+/// channel): the ready mark for module requests, normal RCU grace periods
+/// again, then the modules held back.
 fn after_ready(ready: std::sync::mpsc::Receiver<()>, rcu: rcu::Expedited, work: Option<Deferred>) {
     let spawned = std::thread::Builder::new()
         .name("after-ready".into())
         .spawn(move || {
             let _ = ready.recv();
+            if let Err(e) = modprobe::mark_ready() {
+                tracing::warn!("{}: {e}", modprobe::READY_MARK);
+            }
             rcu.normal();
             if let Some(work) = work {
                 work();
