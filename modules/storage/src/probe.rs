@@ -76,11 +76,27 @@ pub fn probe(dev: &Path, size: u64) -> Result<Content> {
     Ok(classify(&head, &tail, size, &mirrors))
 }
 
+/// Whether every byte is 0, a machine word at a time: the blank-disk test
+/// reads 2 MiB a disk on the way to ready, and byte by byte that was ~1.4%
+/// of the CPU from the first service to ready (a profile under TCG).
+fn all_zero(b: &[u8]) -> bool {
+    let words = b.chunks_exact(8);
+    let rest = words.remainder();
+    let mut acc = 0u64;
+    for (i, w) in words.enumerate() {
+        acc |= u64::from_ne_bytes(w.try_into().unwrap_or([1; 8]));
+        // Tested once a 4 KiB block: a disk with data still stops early.
+        if i % 512 == 511 && acc != 0 {
+            return false;
+        }
+    }
+    acc == 0 && rest.iter().all(|&x| x == 0)
+}
+
 /// The decision itself, on bytes already read: `head` is the first MiB,
 /// `tail` the last, `mirrors` the btrfs superblock copies' places.
 pub fn classify(head: &[u8], tail: &[u8], size: u64, mirrors: &[(u64, Vec<u8>)]) -> Content {
-    let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
-    if zero(head) && zero(tail) && mirrors.iter().all(|(_, m)| zero(m)) {
+    if all_zero(head) && all_zero(tail) && mirrors.iter().all(|(_, m)| all_zero(m)) {
         return Content::Blank;
     }
     if let Some(label) = btrfs_label(head) {
@@ -122,9 +138,9 @@ pub fn classify(head: &[u8], tail: &[u8], size: u64, mirrors: &[(u64, Vec<u8>)])
             ));
         }
     }
-    let place = if !zero(head) {
+    let place = if !all_zero(head) {
         "the first MiB"
-    } else if !zero(tail) {
+    } else if !all_zero(tail) {
         "the last MiB"
     } else {
         "a btrfs superblock copy's place"
@@ -281,6 +297,21 @@ fn tail_signature(tail: &[u8], size: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_test_sees_any_set_byte() {
+        for len in [0, 1, 7, 8, 9, 4095, 4096, 4097, 3 * 4096 + 5] {
+            let mut b = vec![0u8; len];
+            assert!(all_zero(&b), "{len} zero bytes");
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                if at < len {
+                    b[at] = 0x80;
+                    assert!(!all_zero(&b), "byte {at} of {len}");
+                    b[at] = 0;
+                }
+            }
+        }
+    }
 
     const SIZE: u64 = 64 * MIB;
 
