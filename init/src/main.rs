@@ -14,8 +14,9 @@ fn main() -> ExitCode {
     if std::process::id() == 1 {
         zeronode_init::boot::pid1::main();
     }
-    // The kernel runs /sbin/modprobe (a link to us) when it needs a module
-    // (request_module): crypto algorithms, filesystems, nft expressions.
+    // The kernel runs /run/zeronode/modprobe (a link to PID 1's binary, see
+    // boot::modprobe) when it needs a module (request_module): crypto
+    // algorithms, filesystems, nft expressions. /sbin/modprobe links to us too.
     let argv0 = std::env::args().next().unwrap_or_default();
     if argv0.rsplit('/').next() == Some("modprobe") {
         return zeronode_init::boot::modprobe::main(std::env::args().skip(1));
