@@ -27,7 +27,7 @@ const KERNEL_SETTING: &str = "/proc/sys/kernel/modprobe";
 /// Made by PID 1 once the ready line is out.
 pub const READY_MARK: &str = "/run/zeronode/ready";
 /// As the services that yield until ready (`nice_until_ready` in their files).
-pub const NICE_UNTIL_READY: i32 = 10;
+const NICE_UNTIL_READY: i32 = 10;
 
 /// PID 1, before any service starts: the kernel's requests go to [`LINK`].
 /// The link ends in "modprobe", the name `main` answers to.
@@ -54,13 +54,18 @@ pub fn mark_ready() -> io::Result<()> {
     std::fs::write(READY_MARK, b"")
 }
 
+/// The nice a request runs at while `mark` is missing: before the ready line.
+fn nice_before(mark: &Path) -> Option<i32> {
+    (!mark.exists()).then_some(NICE_UNTIL_READY)
+}
+
 /// `modprobe [-q] [--] NAME`, as the kernel's request_module() calls it.
 /// Exit status 0 when something for NAME is in the kernel afterwards.
 pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
-    if !Path::new(READY_MARK).exists() {
+    if let Some(nice) = nice_before(Path::new(READY_MARK)) {
         // Only this thread, before the loader starts its own: they inherit it.
         // SAFETY: a plain system call with integer arguments.
-        unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, NICE_UNTIL_READY) };
+        unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) };
     }
     let args: Vec<String> = args.collect();
     let quiet = args.iter().any(|a| a == "-q");
@@ -119,6 +124,15 @@ mod tests {
             link.to_str().unwrap()
         );
         assert!(LINK.ends_with("/modprobe"), "main answers to that name");
+    }
+
+    #[test]
+    fn requests_yield_until_the_ready_mark_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("ready");
+        assert_eq!(nice_before(&mark), Some(10));
+        std::fs::write(&mark, b"").unwrap();
+        assert_eq!(nice_before(&mark), None);
     }
 
     #[test]
