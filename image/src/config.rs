@@ -62,6 +62,9 @@ pub struct Kernel {
     /// Whether the modules keep their tables of inline static-call sites.
     #[serde(default)]
     pub module_static_call_sites: StaticCallSites,
+    /// Whether the modules keep their function-tracing call sites.
+    #[serde(default)]
+    pub module_ftrace_sites: FtraceSites,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -85,6 +88,18 @@ pub enum StaticCallSites {
     Keep,
     /// Emptied: each call goes through its static call's trampoline (one
     /// direct jump more), which the kernel keeps pointing at the target.
+    Drop,
+}
+
+/// A module's `__mcount_loc` lists the `call __fentry__` that starts each of
+/// its functions, for ftrace to patch (see `ftrace_sites`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FtraceSites {
+    /// As Debian ships them: the kernel NOPs and checks each as it loads.
+    #[default]
+    Keep,
+    /// NOPped here: the same code, which ftrace cannot attach to.
     Drop,
 }
 
@@ -250,15 +265,25 @@ impl ImageConfig {
                 format!("{:?} is not a Debian version", cfg.kernel.version),
             ));
         }
-        if cfg.kernel.module_static_call_sites == StaticCallSites::Drop
-            && cfg.kernel.module_signatures == ModuleSignatures::Keep
-        {
-            return Err(invalid(
+        // Edits of the modules' bytes would break Debian's signatures on them.
+        for (key, edits) in [
+            (
                 "kernel.module_static_call_sites",
-                "\"drop\" changes the modules, so Debian's signatures on them would no longer \
-                 match: set module_signatures = \"strip\" too"
-                    .into(),
-            ));
+                cfg.kernel.module_static_call_sites == StaticCallSites::Drop,
+            ),
+            (
+                "kernel.module_ftrace_sites",
+                cfg.kernel.module_ftrace_sites == FtraceSites::Drop,
+            ),
+        ] {
+            if edits && cfg.kernel.module_signatures == ModuleSignatures::Keep {
+                return Err(invalid(
+                    key,
+                    "\"drop\" changes the modules, so Debian's signatures on them would no \
+                     longer match: set module_signatures = \"strip\" too"
+                        .into(),
+                ));
+            }
         }
         if !safe(&cfg.kernel.release) {
             return Err(invalid(
@@ -493,18 +518,21 @@ extra = ["loglevel=4"]
             "binaries = []\nprograms = [\"zeronode\"]\nmulticall = [\"../sbin/x\"]",
         ));
         assert!(err.contains("system.multicall"), "{err}");
-        let drop = "release = \"6.1.0-50-amd64\"\nmodule_static_call_sites = \"drop\"";
-        let err = error_of(&base.replace("release = \"6.1.0-50-amd64\"", drop));
-        assert!(
-            err.contains("kernel.module_static_call_sites") && err.contains("strip"),
-            "{err}"
-        );
-        let stripped = format!("{drop}\nmodule_signatures = \"strip\"");
-        assert!(ImageConfig::parse(
-            &base.replace("release = \"6.1.0-50-amd64\"", &stripped),
-            "x"
-        )
-        .is_ok());
+        // Edits of the modules need their signatures off.
+        for key in ["module_static_call_sites", "module_ftrace_sites"] {
+            let drop = format!("release = \"6.1.0-50-amd64\"\n{key} = \"drop\"");
+            let err = error_of(&base.replace("release = \"6.1.0-50-amd64\"", &drop));
+            assert!(
+                err.contains(&format!("kernel.{key}")) && err.contains("strip"),
+                "{err}"
+            );
+            let stripped = format!("{drop}\nmodule_signatures = \"strip\"");
+            assert!(ImageConfig::parse(
+                &base.replace("release = \"6.1.0-50-amd64\"", &stripped),
+                "x"
+            )
+            .is_ok());
+        }
         let err = error_of(&base.replace("[kernel]", "[kernal]"));
         assert!(err.contains("kernal"), "{err}");
         for path in [

@@ -7,9 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::config::{Kernel, ModuleSignatures, StaticCallSites};
+use crate::config::{FtraceSites, Kernel, ModuleSignatures, StaticCallSites};
 use crate::error::{io, Error, Result};
 use crate::kernel::{depmod, UnpackedKernel};
+use crate::module_edits::{unsigned, without_ftrace_sites, without_static_call_sites};
 
 /// Module names treat `-` and `_` alike, as the kernel does.
 pub fn canonical(name: &str) -> String {
@@ -170,76 +171,6 @@ impl DepGraph {
     }
 }
 
-/// What the kernel's `sign-file` appends to a module: the PKCS#7
-/// signature, a 12-byte `struct module_signature` ending in the
-/// signature's length (big-endian), and this marker.
-const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
-
-/// A module without its appended signature; unsigned bytes as they are.
-/// The image's modules are covered by the pinned hash of the image they
-/// ship in, and the kernel (not enforcing signatures) would load them
-/// unsigned anyway: checking each one again is a SHA-256 over every byte
-/// loaded, and under emulation that is a good part of loading.
-fn unsigned(module: &[u8]) -> &[u8] {
-    let Some(rest) = module.strip_suffix(SIGNATURE_MARKER) else {
-        return module;
-    };
-    let Some(info_at) = rest.len().checked_sub(12) else {
-        return module;
-    };
-    let len = u32::from_be_bytes([
-        rest[info_at + 8],
-        rest[info_at + 9],
-        rest[info_at + 10],
-        rest[info_at + 11],
-    ]);
-    match info_at.checked_sub(len as usize) {
-        Some(end) => &module[..end],
-        None => module,
-    }
-}
-
-/// Empties a module's table of inline static-call sites and the
-/// relocations that fill it in (both sections' sizes become 0; no byte
-/// moves). Loading a module otherwise rewrites each listed call in place
-/// with `text_poke_bp`, which stops every CPU three times a site: btrfs has
-/// 529 sites, and under TCG that was a third of its load (~270 -> ~175 ms).
-/// An unlisted call keeps going through the static call's trampoline,
-/// which the kernel retargets on every update, so behaviour is the same.
-fn without_static_call_sites(module: &mut [u8], path: &Path) -> Result<()> {
-    use goblin::elf::section_header::{SHT_REL, SHT_RELA};
-    let bad = |reason: String| Error::Elf {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let elf = goblin::elf::Elf::parse(module).map_err(|e| bad(format!("not a module: {e}")))?;
-    if !elf.is_64 || !elf.little_endian {
-        return Err(bad("not a 64-bit little-endian module".into()));
-    }
-    let name = |i: usize| elf.shdr_strtab.get_at(elf.section_headers[i].sh_name);
-    let Some(sites) =
-        (0..elf.section_headers.len()).find(|&i| name(i) == Some(".static_call_sites"))
-    else {
-        return Ok(());
-    };
-    let emptied: Vec<usize> = (0..elf.section_headers.len())
-        .filter(|&i| {
-            let s = &elf.section_headers[i];
-            i == sites || (matches!(s.sh_type, SHT_RELA | SHT_REL) && s.sh_info as usize == sites)
-        })
-        .collect();
-    let (shoff, shentsize) = (elf.header.e_shoff as usize, elf.header.e_shentsize as usize);
-    for i in emptied {
-        // sh_size is the 8 bytes at offset 32 of an Elf64_Shdr.
-        let at = shoff + i * shentsize + 32;
-        let size = module
-            .get_mut(at..at + 8)
-            .ok_or_else(|| bad(format!("section header {i} lies outside the file")))?;
-        size.copy_from_slice(&0u64.to_le_bytes());
-    }
-    Ok(())
-}
-
 /// Names of the built-in modules (modules.builtin).
 pub fn builtin(modules_dir: &Path) -> Result<BTreeSet<String>> {
     let path = modules_dir.join("modules.builtin");
@@ -283,6 +214,9 @@ pub fn stage(
         };
         if edits.module_static_call_sites == StaticCallSites::Drop {
             without_static_call_sites(&mut bytes, &from)?;
+        }
+        if edits.module_ftrace_sites == FtraceSites::Drop {
+            without_ftrace_sites(&mut bytes, &from)?;
         }
         std::fs::write(&to, bytes).map_err(io("writing module", &to))?;
         copied.push(to);
@@ -370,116 +304,6 @@ mod tests {
             ]
         );
         assert!(!got.iter().any(|p| p.contains("loop")));
-    }
-
-    /// A relocatable ELF64 with a .text, a .static_call_sites and the
-    /// .rela section that targets it, like a module's.
-    fn module_with_static_call_sites() -> Vec<u8> {
-        let names = b"\0.text\0.rela.static_call_sites\0.shstrtab\0";
-        // sh_name offsets into `names`: .text 1, .rela.static_call_sites 7,
-        // .static_call_sites 12 (its tail), .shstrtab 31.
-        let data_at = 64usize;
-        let text = [0x90u8; 16];
-        let sites = [0xAAu8; 8];
-        let rela = [0xBBu8; 24];
-        let mut body = Vec::new();
-        body.extend_from_slice(&text);
-        body.extend_from_slice(&sites);
-        body.extend_from_slice(&rela);
-        body.extend_from_slice(names);
-        let shoff = (data_at + body.len()).next_multiple_of(8);
-        let mut f = vec![0u8; 64];
-        f[..4].copy_from_slice(b"\x7fELF");
-        f[4] = 2; // 64-bit
-        f[5] = 1; // little-endian
-        f[6] = 1;
-        f[16..18].copy_from_slice(&1u16.to_le_bytes()); // ET_REL
-        f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
-        f[20..24].copy_from_slice(&1u32.to_le_bytes());
-        f[40..48].copy_from_slice(&(shoff as u64).to_le_bytes());
-        f[52..54].copy_from_slice(&64u16.to_le_bytes());
-        f[58..60].copy_from_slice(&64u16.to_le_bytes());
-        f[60..62].copy_from_slice(&5u16.to_le_bytes()); // sections
-        f[62..64].copy_from_slice(&4u16.to_le_bytes()); // .shstrtab
-        f.extend_from_slice(&body);
-        f.resize(shoff, 0);
-        // (name, type, flags, offset, size, info)
-        let headers: [(u32, u32, u64, usize, usize, u32); 5] = [
-            (0, 0, 0, 0, 0, 0),
-            (1, 1, 6, data_at, 16, 0),
-            (12, 1, 3, data_at + 16, 8, 0),
-            (7, 4, 0x40, data_at + 24, 24, 2),
-            (31, 3, 0, data_at + 48, names.len(), 0),
-        ];
-        for (name, kind, flags, offset, size, info) in headers {
-            let mut h = [0u8; 64];
-            h[0..4].copy_from_slice(&name.to_le_bytes());
-            h[4..8].copy_from_slice(&kind.to_le_bytes());
-            h[8..16].copy_from_slice(&flags.to_le_bytes());
-            h[24..32].copy_from_slice(&(offset as u64).to_le_bytes());
-            h[32..40].copy_from_slice(&(size as u64).to_le_bytes());
-            h[44..48].copy_from_slice(&info.to_le_bytes());
-            h[48..56].copy_from_slice(&1u64.to_le_bytes());
-            f.extend_from_slice(&h);
-        }
-        f
-    }
-
-    #[test]
-    fn static_call_sites_are_emptied_and_nothing_else_changes() {
-        let module = module_with_static_call_sites();
-        let sizes = |m: &[u8]| -> Vec<(String, u64)> {
-            let elf = goblin::elf::Elf::parse(m).unwrap();
-            elf.section_headers
-                .iter()
-                .map(|s| {
-                    let name = elf.shdr_strtab.get_at(s.sh_name).unwrap_or("");
-                    (name.to_string(), s.sh_size)
-                })
-                .collect()
-        };
-        let before = sizes(&module);
-        assert_eq!(before[2], (".static_call_sites".into(), 8));
-        let mut edited = module.clone();
-        without_static_call_sites(&mut edited, Path::new("m.ko")).unwrap();
-        let after = sizes(&edited);
-        assert_eq!(after[2], (".static_call_sites".into(), 0));
-        assert_eq!(after[3], (".rela.static_call_sites".into(), 0));
-        assert_eq!(after[1], before[1]);
-        assert_eq!(after[4], before[4]);
-        assert_eq!(edited.len(), module.len());
-        let changed = module.iter().zip(&edited).filter(|(a, b)| a != b).count();
-        assert_eq!(changed, 2, "only the two sizes' low bytes differ");
-
-        // A module without the table is left as it is; a non-ELF is refused.
-        let mut plain = module.clone();
-        let name_at = 64 + 16 + 8 + 24 + 12; // ".static_call_sites" in .shstrtab
-        plain[name_at + 1] = b'S';
-        let copy = plain.clone();
-        without_static_call_sites(&mut plain, Path::new("m.ko")).unwrap();
-        assert_eq!(plain, copy);
-        let err = without_static_call_sites(&mut b"MZ".to_vec(), Path::new("x.ko")).unwrap_err();
-        assert!(err.to_string().starts_with("x.ko: not a module"), "{err}");
-    }
-
-    #[test]
-    fn signatures_come_off_and_unsigned_modules_stay_whole() {
-        let body = b"\x7fELF module body".to_vec();
-        let sig = vec![0x30u8; 681];
-        let mut signed = body.clone();
-        signed.extend_from_slice(&sig);
-        // struct module_signature: algo, hash, id_type, signer_len,
-        // key_id_len, 3 pad bytes, big-endian signature length.
-        signed.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
-        signed.extend_from_slice(&(sig.len() as u32).to_be_bytes());
-        signed.extend_from_slice(SIGNATURE_MARKER);
-        assert_eq!(unsigned(&signed), &body[..]);
-        assert_eq!(unsigned(&body), &body[..]);
-        // A marker whose length points before the file's start: left alone.
-        let mut broken = body.clone();
-        broken.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
-        broken.extend_from_slice(SIGNATURE_MARKER);
-        assert_eq!(unsigned(&broken), &broken[..]);
     }
 
     #[test]

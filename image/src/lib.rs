@@ -12,8 +12,11 @@ pub mod gpt;
 pub mod kernel;
 pub mod kmod;
 pub mod manifest;
+pub mod module_edits;
 pub mod pvh;
 pub mod squashfs;
+#[cfg(test)]
+mod test_elf;
 pub mod uki;
 
 pub use error::{Error, Result};
