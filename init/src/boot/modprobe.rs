@@ -25,7 +25,7 @@ pub const LINK: &str = "/run/zeronode/modprobe";
 const PID1_BINARY: &str = "/proc/1/exe";
 const KERNEL_SETTING: &str = "/proc/sys/kernel/modprobe";
 /// Made by PID 1 once the ready line is out.
-pub const READY_MARK: &str = "/run/zeronode/ready";
+const READY_MARK: &str = zeronode_types::ready::MARK;
 /// As the services that yield until ready (`nice_until_ready` in their files).
 const NICE_UNTIL_READY: i32 = 10;
 

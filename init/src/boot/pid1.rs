@@ -219,7 +219,7 @@ fn after_ready(ready: std::sync::mpsc::Receiver<()>, rcu: rcu::Expedited, work: 
         .spawn(move || {
             let _ = ready.recv();
             if let Err(e) = modprobe::mark_ready() {
-                tracing::warn!("{}: {e}", modprobe::READY_MARK);
+                tracing::warn!("{}: {e}", zeronode_types::ready::MARK);
             }
             rcu.normal();
             if let Some(work) = work {

@@ -4,7 +4,9 @@
 //! the boot's policy (`node::add_late_disk`). Disks that go (unplugged)
 //! take their pool out of service (`node::remove_disk`).
 
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use zeronode_types::uevent::{Uevent, UeventSocket};
 
@@ -34,16 +36,33 @@ pub fn disk_event(msg: &[u8]) -> Option<DiskEvent> {
     }
 }
 
-/// The service's disk thread: formats the blank disks bring-up left, then
+/// How long the blank disks bring-up left wait for the node's ready mark.
+const READY_WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// The service's disk thread: formats the blank disks bring-up left (once
+/// `ready_mark` exists, if given, or after [`READY_WAIT_LIMIT`]), then
 /// watches `socket` (if any) for disks that come later. Uevents that arrive
 /// meanwhile wait in the socket, and a disk formatted here is known by the
 /// time its event is read.
 pub fn run(
     cfg: Config,
     pending: Vec<Pending>,
+    ready_mark: Option<PathBuf>,
     socket: Option<UeventSocket>,
     node: Arc<RwLock<Node>>,
 ) {
+    // Formatting and mounting a pool is kernel work too (btrfs starts its
+    // worker threads at mount), which no nice value of ours reaches: before
+    // the ready line it took CPU from identity, ledger and provision.
+    if let (Some(mark), false) = (&ready_mark, pending.is_empty()) {
+        if !zeronode_types::ready::wait_for(mark, READY_WAIT_LIMIT) {
+            tracing::warn!(
+                "{} not there after {} s: formatting the blank disks anyway",
+                mark.display(),
+                READY_WAIT_LIMIT.as_secs()
+            );
+        }
+    }
     // Nothing waits for these formats: they yield the CPUs to the services
     // starting beside them (the threads started from here inherit this
     // thread's nice value).

@@ -35,6 +35,11 @@ struct Args {
     /// sysfs mount point.
     #[arg(long, default_value = "/sys")]
     sysfs: PathBuf,
+    /// Format the blank disks beyond the first (which holds the cache) only
+    /// once this file exists (PID 1's ready mark, /run/zeronode/ready), or
+    /// 30 s after bring-up without it; by default right after bring-up.
+    #[arg(long, value_name = "MARK")]
+    format_more_after: Option<PathBuf>,
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -108,11 +113,12 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     rt.block_on(async {
         let service = StorageService::new(node);
         let (config, node) = (config.clone(), service.node());
+        let defer = args.format_more_after.clone();
         let server = zeronode_types::bus::serve(&args.socket, OBJECT_PATH, service)
             .with_context(|| format!("serving D-Bus on {}", args.socket.display()))?;
         let spawned = std::thread::Builder::new()
             .name("disks".into())
-            .spawn(move || late_disks::run(config, pending, uevents, node));
+            .spawn(move || late_disks::run(config, pending, defer, uevents, node));
         if let Err(e) = spawned {
             tracing::warn!(
                 "cannot format the remaining blank disks nor watch for disks that come later: {e}"

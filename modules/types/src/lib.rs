@@ -5,4 +5,5 @@ pub mod boot_config;
 pub mod bus;
 pub mod clock;
 pub mod logging;
+pub mod ready;
 pub mod uevent;
