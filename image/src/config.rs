@@ -147,8 +147,8 @@ pub struct System {
     /// Absolute paths of Debian binaries on the build machine.
     #[serde(default)]
     pub binaries: Vec<String>,
-    /// Static binaries of this workspace (besides zeronode-init), installed
-    /// in /usr/bin.
+    /// Static binaries of this workspace (besides zeronode-init): files of
+    /// the initramfs in [`PROGRAMS_DIR`], linked from /usr/bin.
     #[serde(default)]
     pub programs: Vec<String>,
     /// Names linked to /usr/bin/zeronode (the multicall binary, one of the
@@ -160,6 +160,11 @@ pub struct System {
     pub files: Vec<FileSpec>,
 }
 
+/// Where the config's `programs` are: files of the initramfs, which PID 1
+/// binds read-only at the same path in the system image (an empty directory
+/// there) before it switches root; the image's /usr/bin/<name> links here.
+/// zeronode-init's `rootfs::PROGRAMS` is this path.
+pub const PROGRAMS_DIR: &str = "/usr/lib/zeronode/programs";
 /// Where PID 1 mounts the runtime image once it has verified it. The
 /// system image links every runtime file's usual path to the same path under
 /// here. zeronode-init's `runtime_image` mounts at this path.

@@ -22,6 +22,13 @@ use zeronode_types::boot_config::{hex, BootConfig};
 
 /// The system image inside the initramfs; its presence means "stage 1".
 pub const SYSTEM_IMAGE: &str = "/system.img";
+/// The workspace's programs (the modules' multicall binary), which come in
+/// the initramfs rather than in the system image: bound read-only at the
+/// same path in the new root (an empty directory in the image, where its
+/// /usr/bin links point), so a module's pages are read from RAM as they
+/// are instead of inflated from the squashfs at each page fault. The image
+/// builder's `PROGRAMS_DIR`.
+pub const PROGRAMS: &str = "/usr/lib/zeronode/programs";
 const NEW_ROOT: &str = "/newroot";
 /// Where the /etc overlay keeps its writable layer, inside the new /run.
 const ETC_OVERLAY: &str = "run/zeronode/etc-overlay";
@@ -155,6 +162,7 @@ fn switch(early: Option<early_modules::Child>) -> Result<(), RootError> {
     drop(device);
     tracing::debug!("system image mounted on {NEW_ROOT}");
 
+    bind_programs(new_root)?;
     // Writable places, then /etc as an overlay whose upper layer lives in /run.
     mounts::mount_all(new_root, mounts::WRITABLE)?;
     // Not needed on the way to ready: kept on a loop device for the
@@ -217,18 +225,48 @@ fn switch(early: Option<early_modules::Child>) -> Result<(), RootError> {
     Ok(())
 }
 
+/// Binds [`PROGRAMS`] of the initramfs at the same path under `new_root`,
+/// read-only. An initramfs without programs has nothing to bind.
+fn bind_programs(new_root: &Path) -> Result<(), RootError> {
+    let source = Path::new(PROGRAMS);
+    if !source.is_dir() {
+        return Ok(());
+    }
+    let target = new_root.join(&PROGRAMS[1..]);
+    let what = || format!("binding {PROGRAMS} into the system image");
+    mount(
+        Some(source),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys(what()))?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    mount(
+        None::<&str>,
+        &target,
+        None::<&str>,
+        ro | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+        None::<&str>,
+    )
+    .map_err(sys(format!("{} read-only", what())))
+}
+
 /// Deletes what lies on the initramfs, which must be this process's root
-/// still: everything on the root's device, not crossing into mounts.
+/// still: everything on the root's device, not crossing into mounts, but
+/// [`PROGRAMS`], which the new root holds bound.
 pub(super) fn free_initramfs() {
     if let Ok(meta) = std::fs::metadata("/") {
-        let bytes = remove_tree_on(Path::new("/"), meta.dev());
+        let bytes = remove_tree_on(Path::new("/"), meta.dev(), Path::new(PROGRAMS));
         tracing::debug!("initramfs freed: {} KiB of files", bytes / 1024);
     }
 }
 
-/// Deletes what lies on device `dev` under `dir`, not crossing into mounts.
-/// Returns the bytes of the files it deleted.
-fn remove_tree_on(dir: &Path, dev: u64) -> u64 {
+/// Deletes what lies on device `dev` under `dir`, not crossing into mounts
+/// and leaving `keep` (and the directories above it). Returns the bytes of
+/// the files it deleted.
+fn remove_tree_on(dir: &Path, dev: u64, keep: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -238,11 +276,11 @@ fn remove_tree_on(dir: &Path, dev: u64) -> u64 {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if meta.dev() != dev {
+        if meta.dev() != dev || path == keep {
             continue;
         }
         if meta.is_dir() {
-            freed += remove_tree_on(&path, dev);
+            freed += remove_tree_on(&path, dev, keep);
             let _ = std::fs::remove_dir(&path);
         } else if std::fs::remove_file(&path).is_ok() {
             freed += meta.len();
@@ -292,5 +330,28 @@ mod tests {
         );
         std::fs::write(&img, b"x").unwrap();
         assert!(has_system_image(&img, &cfg).unwrap());
+    }
+
+    #[test]
+    fn freeing_the_initramfs_spares_the_bound_programs() {
+        let root = tempfile::tempdir().unwrap();
+        let programs = root.path().join("usr/lib/zeronode/programs");
+        std::fs::create_dir_all(&programs).unwrap();
+        std::fs::write(programs.join("zeronode"), b"binary").unwrap();
+        std::fs::create_dir_all(root.path().join("lib/modules")).unwrap();
+        std::fs::write(root.path().join("lib/modules/a.ko"), b"12345").unwrap();
+        std::fs::write(root.path().join("usr/lib/other"), b"1234567").unwrap();
+        std::fs::write(root.path().join("init"), b"123").unwrap();
+        let dev = std::fs::metadata(root.path()).unwrap().dev();
+
+        let freed = remove_tree_on(root.path(), dev, &programs);
+        assert_eq!(freed, 5 + 7 + 3);
+        assert_eq!(std::fs::read(programs.join("zeronode")).unwrap(), b"binary");
+        let mut left: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["usr"], "only the way to the programs stays");
     }
 }
