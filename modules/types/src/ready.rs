@@ -1,7 +1,8 @@
 //! The node's ready mark: a file PID 1 makes once the ready line is out.
-//! Work nothing on the way to ready needs (a blank disk beyond the first,
-//! a kernel module the node asks for early) waits for it, so it does not
-//! take the CPUs from what the ready line waits for.
+//! Work nothing on the way to ready needs waits for it (storage's blank
+//! disks beyond the first) or yields the CPUs until it is there (the
+//! kernel's module requests), so it does not slow what the ready line
+//! waits for.
 
 use std::os::fd::AsFd;
 use std::path::Path;
