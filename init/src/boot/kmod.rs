@@ -650,6 +650,7 @@ impl Loader {
             drop(events);
             let mut waited = std::time::Duration::ZERO;
             let mut quiet_since = std::time::Instant::now();
+            let mut looked_again = false;
             loop {
                 run.dispatch(self, &jobs, report);
                 let event = if !run.in_flight.is_empty() {
@@ -689,6 +690,21 @@ impl Loader {
                             continue;
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) => {
+                            // A device whose uevent is still on its way to
+                            // the uevent thread (starved on a busy machine)
+                            // is in /sys already: one last look before done.
+                            // Without it a disk's driver could come after
+                            // storage had looked, and the node cache went
+                            // to tmpfs (a new node key after a reset).
+                            if !looked_again {
+                                looked_again = true;
+                                let found = h.devices.drivers(&self.index, modaliases(h.sys));
+                                if !found.is_empty() {
+                                    run.add(self, found, report);
+                                    quiet_since = std::time::Instant::now();
+                                    continue;
+                                }
+                            }
                             if unbound > 0 {
                                 tracing::debug!(
                                     "coldplug: {unbound} device(s) still without the driver loaded for them after {} ms quiet",
@@ -1567,6 +1583,29 @@ mod tests {
         );
         // Done once no device came for UEVENT_IDLE, not at UEVENT_SETTLE_MAX.
         assert!(took < UEVENT_SETTLE_MAX, "{took:?}");
+    }
+
+    #[test]
+    fn a_device_in_sys_whose_uevent_never_came_gets_its_driver() {
+        // The uevent thread heard of virtio1 only; a NIC on the PCI bus
+        // is in /sys but its uevent has not come through.
+        let sys = tempfile::tempdir().unwrap();
+        let dev = sys.path().join("bus/pci/devices/0000:00:03.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        let alias = "pci:v00008086d000010D3sv00008086sd0000A01Fbc02sc00i00";
+        std::fs::write(dev.join("modalias"), format!("{alias}\n")).unwrap();
+        let (report, _) = coldplug_loop(
+            sys.path(),
+            &mut Devices::default(),
+            Vec::new(),
+            device("virtio:d00000001v00001AF4", "devices/virtio1"),
+        );
+        assert!(report.loaded.contains(&"virtio_net".to_string()));
+        assert!(
+            report.loaded.contains(&"e1000e".to_string()),
+            "{:?}",
+            report.loaded
+        );
     }
 
     /// A /sys with two virtio devices on their bus (virtio1 bound to
