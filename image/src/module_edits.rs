@@ -48,7 +48,6 @@ pub fn unsigned(module: &[u8]) -> &[u8] {
 /// An unlisted call keeps going through the static call's trampoline,
 /// which the kernel retargets on every update, so behaviour is the same.
 pub fn without_static_call_sites(module: &mut [u8], path: &Path) -> Result<()> {
-    let bad = |reason: String| elf_error(path, reason);
     let elf = parse(module, path)?;
     let name = |i: usize| elf.shdr_strtab.get_at(elf.section_headers[i].sh_name);
     let Some(sites) =
@@ -62,16 +61,25 @@ pub fn without_static_call_sites(module: &mut [u8], path: &Path) -> Result<()> {
             i == sites || (matches!(s.sh_type, SHT_RELA | SHT_REL) && s.sh_info as usize == sites)
         })
         .collect();
-    let (shoff, shentsize) = (elf.header.e_shoff as usize, elf.header.e_shentsize as usize);
-    for i in emptied {
-        // sh_size is the 8 bytes at offset 32 of an Elf64_Shdr.
-        let at = shoff + i * shentsize + 32;
-        let size = module
-            .get_mut(at..at + 8)
-            .ok_or_else(|| bad(format!("section header {i} lies outside the file")))?;
-        size.copy_from_slice(&0u64.to_le_bytes());
+    for at in size_fields(&elf, &emptied, module.len(), path)? {
+        module[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
     }
     Ok(())
+}
+
+/// Where the sh_size field (8 bytes at offset 32 of an Elf64_Shdr) of each
+/// of `sections` lies in the file, checked to be inside its `len` bytes.
+fn size_fields(elf: &Elf<'_>, sections: &[usize], len: usize, path: &Path) -> Result<Vec<usize>> {
+    let (shoff, shentsize) = (elf.header.e_shoff as usize, elf.header.e_shentsize as usize);
+    sections
+        .iter()
+        .map(|&i| {
+            shoff
+                .checked_add(i * shentsize + 32)
+                .filter(|at| at + 8 <= len)
+                .ok_or_else(|| elf_error(path, format!("section header {i} lies outside the file")))
+        })
+        .collect()
 }
 
 /// The module's ELF, if it is a 64-bit little-endian one.
@@ -145,7 +153,7 @@ struct Plan {
     /// Each site's call and its relocation entry.
     sites: Vec<(usize, usize)>,
     /// The sh_size fields of `__mcount_loc` and of its relocations.
-    sizes: [usize; 2],
+    sizes: Vec<usize>,
 }
 
 fn plan(module: &[u8], path: &Path) -> Result<Option<Plan>> {
@@ -171,8 +179,9 @@ fn plan(module: &[u8], path: &Path) -> Result<Option<Plan>> {
             return Err(bad(format!("{} uses another symbol table", name(i))));
         }
         let (start, len) = (h.sh_offset as usize, h.sh_size as usize);
-        let bytes = module
-            .get(start..start + len)
+        let bytes = start
+            .checked_add(len)
+            .and_then(|end| module.get(start..end))
             .filter(|_| len % RELA_SIZE == 0)
             .ok_or_else(|| bad(format!("{} lies outside the file", name(i))))?;
         Ok(bytes
@@ -232,7 +241,7 @@ fn plan(module: &[u8], path: &Path) -> Result<Option<Plan>> {
         let file_at = usize::try_from(h.sh_offset.saturating_add(at)).unwrap_or(usize::MAX);
         let code = module
             .get(file_at..file_at.saturating_add(5))
-            .filter(|_| at + 5 <= h.sh_size)
+            .filter(|_| at.checked_add(5).is_some_and(|end| end <= h.sh_size))
             .ok_or_else(|| bad(format!("site {} lies outside its section", place())))?;
         if code != [CALL, 0, 0, 0, 0] {
             return Err(bad(format!("site {} is not an unrelocated call", place())));
@@ -242,12 +251,7 @@ fn plan(module: &[u8], path: &Path) -> Result<Option<Plan>> {
             .ok_or_else(|| bad(format!("site {} does not call __fentry__", place())))?;
         edits.push((file_at, reloc));
     }
-    let (shoff, shentsize) = (elf.header.e_shoff as usize, elf.header.e_shentsize as usize);
-    // sh_size is the 8 bytes at offset 32 of an Elf64_Shdr.
-    let sizes = [table, table_rela].map(|i| shoff + i * shentsize + 32);
-    if sizes.iter().any(|&at| at + 8 > module.len()) {
-        return Err(bad("section headers lie outside the file".into()));
-    }
+    let sizes = size_fields(&elf, &[table, table_rela], module.len(), path)?;
     Ok(Some(Plan {
         sites: edits,
         sizes,
