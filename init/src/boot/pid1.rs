@@ -93,8 +93,14 @@ fn boot() -> Result<std::convert::Infallible, String> {
         on_ready: Some(ready_tx),
     };
     let action = runtime.block_on(async {
-        power_button::spawn_watchers();
-        watchdog::spawn();
+        // Runs at the supervisor's first wait, once the first services
+        // are spawned: opening the input devices and arming the watchdog
+        // took 20-30 ms under emulation, which storage, the first thing
+        // the ready line waits for, need not wait for.
+        tokio::spawn(async {
+            power_button::spawn_watchers();
+            watchdog::spawn();
+        });
         run::run(opts).await
     });
     drop(runtime);
