@@ -74,9 +74,10 @@ fn size_fields(elf: &Elf<'_>, sections: &[usize], len: usize, path: &Path) -> Re
     sections
         .iter()
         .map(|&i| {
-            shoff
-                .checked_add(i * shentsize + 32)
-                .filter(|at| at + 8 <= len)
+            i.checked_mul(shentsize)
+                .and_then(|o| o.checked_add(32))
+                .and_then(|o| shoff.checked_add(o))
+                .filter(|at| at.checked_add(8).is_some_and(|end| end <= len))
                 .ok_or_else(|| elf_error(path, format!("section header {i} lies outside the file")))
         })
         .collect()
