@@ -12,6 +12,7 @@ use crate::cpio::{self, Entry};
 use crate::error::{io, run, Result};
 use crate::kernel::{self, UnpackedKernel};
 use crate::manifest::{Artifact, Manifest};
+use crate::module_rebuild;
 use crate::{compress, elf, fat, gpt, kmod, pvh, squashfs, uki};
 
 pub struct Inputs {
@@ -68,7 +69,8 @@ pub fn build(inp: &Inputs) -> Result<Manifest> {
         git.describe()
     );
 
-    let kernel = kernel::fetch(&cfg.kernel, &inp.cache)?;
+    let mut kernel = kernel::fetch(&cfg.kernel, &inp.cache)?;
+    module_rebuild::rebuild_all(&cfg.kernel, &inp.cache, &mut kernel)?;
     let init = read(&inp.bins.join("zeronode-init"))?;
     let programs = cfg
         .system
@@ -457,6 +459,9 @@ fn inputs_digest(src: &Sources) -> Result<String> {
         part(name, body);
     }
     part("kernel", &read(&src.kernel.deb)?);
+    for (path, file) in &src.kernel.rebuilt {
+        part(path, &read(file)?);
+    }
     part("stub", &read(Path::new(uki::STUB))?);
     for (path, item) in src.debian.iter().chain(&src.runtime) {
         match item {

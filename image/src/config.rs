@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::kmod::canonical;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -65,6 +66,22 @@ pub struct Kernel {
     /// Whether the modules keep their function-tracing call sites.
     #[serde(default)]
     pub module_ftrace_sites: FtraceSites,
+    /// Modules built again from Debian's source of this kernel.
+    #[serde(default)]
+    pub rebuild: Vec<Rebuild>,
+}
+
+/// A module built from Debian's source of the pinned kernel (the source
+/// directory its modules.dep path names), with some of Debian's options
+/// off, in place of Debian's build of it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rebuild {
+    /// Module name, e.g. `raid6_pq`.
+    pub module: String,
+    /// Kernel options off for this module's code, e.g.
+    /// `CONFIG_RAID6_PQ_BENCHMARK`.
+    pub unset: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -287,6 +304,57 @@ impl ImageConfig {
                     "\"drop\" changes the modules, so Debian's signatures on them would no \
                      longer match: set module_signatures = \"strip\" too"
                         .into(),
+                ));
+            }
+        }
+        for r in &cfg.kernel.rebuild {
+            let name_ok = !r.module.is_empty()
+                && r.module
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !name_ok {
+                return Err(invalid(
+                    "kernel.rebuild",
+                    format!("{:?} is not a module name", r.module),
+                ));
+            }
+            let option_ok = |o: &String| {
+                o.len() > "CONFIG_".len()
+                    && o.starts_with("CONFIG_")
+                    && o.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            };
+            if r.unset.is_empty() || !r.unset.iter().all(option_ok) {
+                return Err(invalid(
+                    "kernel.rebuild",
+                    format!(
+                        "{}: unset must name one or more options like CONFIG_RAID6_PQ_BENCHMARK, not {:?}",
+                        r.module, r.unset
+                    ),
+                ));
+            }
+            let twice = cfg
+                .kernel
+                .rebuild
+                .iter()
+                .filter(|o| canonical(&o.module) == canonical(&r.module))
+                .count()
+                > 1;
+            if twice {
+                return Err(invalid(
+                    "kernel.rebuild",
+                    format!("{} is named twice", r.module),
+                ));
+            }
+            // Debian signs its own builds only.
+            if cfg.kernel.module_signatures == ModuleSignatures::Keep {
+                return Err(invalid(
+                    "kernel.rebuild",
+                    format!(
+                        "{} would be unsigned among Debian's signed modules: set \
+                         module_signatures = \"strip\" too",
+                        r.module
+                    ),
                 ));
             }
         }
@@ -538,6 +606,47 @@ extra = ["loglevel=4"]
             )
             .is_ok());
         }
+        // Rebuilt modules: a module name, options to turn off, no Debian signatures.
+        let rebuild = |entries: &str| {
+            base.replace(
+                "release = \"6.1.0-50-amd64\"",
+                &format!(
+                    "release = \"6.1.0-50-amd64\"\nmodule_signatures = \"strip\"\nrebuild = [{entries}]"
+                ),
+            )
+        };
+        let good = "{ module = \"raid6_pq\", unset = [\"CONFIG_RAID6_PQ_BENCHMARK\"] }";
+        let cfg = ImageConfig::parse(&rebuild(good), "x").unwrap();
+        assert_eq!(
+            cfg.kernel.rebuild,
+            [Rebuild {
+                module: "raid6_pq".into(),
+                unset: vec!["CONFIG_RAID6_PQ_BENCHMARK".into()]
+            }]
+        );
+        for (entries, says) in [
+            ("{ module = \"../x\", unset = [\"CONFIG_A\"] }", "not a module name"),
+            ("{ module = \"x\", unset = [] }", "one or more options"),
+            ("{ module = \"x\", unset = [\"RAID6\"] }", "one or more options"),
+            ("{ module = \"x\", unset = [\"CONFIG_A B\"] }", "one or more options"),
+            (
+                "{ module = \"a-b\", unset = [\"CONFIG_A\"] }, { module = \"a_b\", unset = [\"CONFIG_B\"] }",
+                "named twice",
+            ),
+            ("{ module = \"x\", unset = [\"CONFIG_A\"], dir = \"lib\" }", "dir"),
+        ] {
+            let err = error_of(&rebuild(entries));
+            assert!(err.contains("rebuild") && err.contains(says), "{entries}: {err}");
+        }
+        let signed = base.replace(
+            "release = \"6.1.0-50-amd64\"",
+            &format!("release = \"6.1.0-50-amd64\"\nrebuild = [{good}]"),
+        );
+        let err = error_of(&signed);
+        assert!(
+            err.contains("kernel.rebuild") && err.contains("strip"),
+            "{err}"
+        );
         let err = error_of(&base.replace("[kernel]", "[kernal]"));
         assert!(err.contains("kernal"), "{err}");
         for path in [

@@ -43,6 +43,8 @@ pub enum Error {
         line: usize,
         reason: String,
     },
+    #[error("rebuilding kernel module {module} ([kernel] rebuild): {reason}")]
+    Rebuild { module: String, reason: String },
     #[error("the kernel's ELF for direct boot: {reason}")]
     Kernel { reason: String },
     #[error("modules not in kernel {release} (neither loadable nor built in): {names}")]

@@ -1,6 +1,7 @@
 //! Debian's kernel package: downloaded once into the cache, unpacked, and
 //! indexed with depmod so module dependencies can be resolved at build time.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,6 +14,9 @@ pub struct UnpackedKernel {
     /// Root of the unpacked package (holds boot/ and lib/modules/).
     pub root: PathBuf,
     pub release: String,
+    /// Modules built again from source (see `module_rebuild`): their
+    /// modules.dep path -> the file that replaces Debian's.
+    pub rebuilt: BTreeMap<String, PathBuf>,
 }
 
 impl UnpackedKernel {
@@ -22,45 +26,30 @@ impl UnpackedKernel {
     pub fn modules_dir(&self) -> PathBuf {
         self.root.join("lib/modules").join(&self.release)
     }
-}
-
-/// The cache file name `apt-get download` writes for `k`.
-pub fn deb_path(k: &Kernel, cache: &Path) -> PathBuf {
-    // apt escapes an epoch's colon in file names.
-    cache.join(format!(
-        "{}_{}_amd64.deb",
-        k.package,
-        k.version.replace(':', "%3a")
-    ))
+    /// The file of the module at `dep_path` (as modules.dep names it):
+    /// Debian's, or its rebuild.
+    pub fn module_file(&self, dep_path: &str) -> PathBuf {
+        match self.rebuilt.get(dep_path) {
+            Some(file) => file.clone(),
+            None => self.modules_dir().join(dep_path),
+        }
+    }
 }
 
 /// Downloads (if not cached) and unpacks (if not done) the pinned kernel.
 pub fn fetch(k: &Kernel, cache: &Path) -> Result<UnpackedKernel> {
-    std::fs::create_dir_all(cache).map_err(io("creating", cache))?;
-    let deb = deb_path(k, cache);
-    if deb.exists() {
-        tracing::info!("kernel package cached: {}", deb.display());
-    } else {
-        let spec = format!("{}={}", k.package, k.version);
-        tracing::info!("downloading {spec} with apt-get (about 70 MB, once: out/cache keeps it)");
-        let mut ok = apt_download(&spec, cache)?;
-        if !ok {
-            tracing::info!("not found; apt lists may be stale: running apt-get update");
-            run(Command::new("apt-get").args(["update", "-qq"]))?;
-            ok = apt_download(&spec, cache)?;
+    let deb = download(&k.package, &k.version, cache, "about 70 MB")?.ok_or_else(|| {
+        Error::KernelUnavailable {
+            spec: format!("{}={}", k.package, k.version),
+            package: k.package.clone(),
         }
-        if !ok || !deb.exists() {
-            return Err(Error::KernelUnavailable {
-                spec,
-                package: k.package.clone(),
-            });
-        }
-    }
+    })?;
     let root = cache.join(format!("kernel-{}-{}", k.release, k.version));
     let kernel = UnpackedKernel {
         deb: deb.clone(),
         root: root.clone(),
         release: k.release.clone(),
+        rebuilt: BTreeMap::new(),
     };
     // Written last: a build interrupted while unpacking starts over.
     let done = root.join(".unpacked");
@@ -80,6 +69,42 @@ pub fn fetch(k: &Kernel, cache: &Path) -> Result<UnpackedKernel> {
         std::fs::write(&done, b"").map_err(io("writing", &done))?;
     }
     Ok(kernel)
+}
+
+/// `package=version` from Debian's archive into `cache`, once: the path of
+/// the .deb, or None when the archive does not have that version.
+pub fn download(package: &str, version: &str, cache: &Path, size: &str) -> Result<Option<PathBuf>> {
+    std::fs::create_dir_all(cache).map_err(io("creating", cache))?;
+    if let Some(deb) = cached_deb(package, version, cache)? {
+        tracing::info!("cached: {}", deb.display());
+        return Ok(Some(deb));
+    }
+    let spec = format!("{package}={version}");
+    tracing::info!("downloading {spec} with apt-get ({size}, once: out/cache keeps it)");
+    if !apt_download(&spec, cache)? {
+        tracing::info!("not found; apt lists may be stale: running apt-get update");
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        if !apt_download(&spec, cache)? {
+            return Ok(None);
+        }
+    }
+    cached_deb(package, version, cache)
+}
+
+/// The file `apt-get download` wrote for `package=version`, whatever its
+/// architecture (`amd64`, `all`).
+fn cached_deb(package: &str, version: &str, cache: &Path) -> Result<Option<PathBuf>> {
+    // apt escapes an epoch's colon in file names.
+    let prefix = format!("{package}_{}_", version.replace(':', "%3a"));
+    for entry in std::fs::read_dir(cache).map_err(io("listing", cache))? {
+        let entry = entry.map_err(io("listing", cache))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".deb") {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
 }
 
 fn apt_download(spec: &str, dir: &Path) -> Result<bool> {

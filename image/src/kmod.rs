@@ -206,7 +206,7 @@ pub fn stage(
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
         }
-        let from = src.join(f);
+        let from = kernel.module_file(f);
         let bytes = std::fs::read(&from).map_err(io("reading module", &from))?;
         let mut bytes = match edits.module_signatures {
             ModuleSignatures::Keep => bytes,

@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod kmod;
 pub mod manifest;
 pub mod module_edits;
+pub mod module_rebuild;
 pub mod pvh;
 pub mod squashfs;
 #[cfg(test)]

@@ -13,12 +13,15 @@
 # server, namespaces and reachability checks); containerd and runc (they
 # ship in the image for container workloads; the containers tests start
 # their own containerd) and busybox-static (the static busybox the
-# containers tests pack into their OCI archive).
+# containers tests pack into their OCI archive); gcc-12, make, libc6-dev,
+# libelf1 and xz-utils (a kernel module built again from Debian's source,
+# [kernel] rebuild in image/zeronode.toml).
 ZN_APT_PACKAGES=(musl-tools protobuf-compiler qemu-system-x86 qemu-utils ovmf ipxe-qemu
   systemd-boot-efi squashfs-tools binutils kmod fdisk cpio git python3 ca-certificates
   btrfs-progs e2fsprogs util-linux redis-server redis-tools
   nftables dnsmasq-base iproute2 iputils-ping
-  containerd runc busybox-static)
+  containerd runc busybox-static
+  gcc-12 make libc6-dev libelf1 xz-utils)
 
 zn_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
