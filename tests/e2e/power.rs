@@ -12,7 +12,9 @@ use super::{ensure, opts, start, Check, BOOT_TIMEOUT, PXE_TIMEOUT};
 /// the power button powers off with filesystems unmounted.
 pub fn direct_boot_ready_then_power_button() -> Check {
     let mut o = opts(Boot::Direct);
-    o.append = Some("zeronode.debug zeronode.frobnicate=1".into());
+    // virtio_net.napi_tx=1: a module parameter on the kernel command line,
+    // which PID 1 hands to the module as it loads it (1 is the default).
+    o.append = Some("zeronode.debug zeronode.frobnicate=1 virtio_net.napi_tx=1".into());
     let mut node = start(&o)?;
     let ms = node.wait_ready(BOOT_TIMEOUT).map_err(|e| e.to_string())?;
     ensure(ms > 0, || "ready in 0 ms".into())?;
@@ -71,6 +73,10 @@ pub fn direct_boot_ready_then_power_button() -> Check {
             format!("{m} not loaded: {loaded:?}")
         })?;
     }
+    ensure(
+        console.contains("DEBUG virtio_net (async_probe napi_tx=1): "),
+        || "virtio_net was not loaded with napi_tx=1 from the command line".into(),
+    )?;
     ensure(!console.contains("WARN module"), || {
         "a kernel module failed to load".into()
     })?;

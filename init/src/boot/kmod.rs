@@ -444,9 +444,13 @@ pub struct Loader {
     load_one: LoadOne,
     /// The kernel's list of modules in (/proc/modules; none in tests).
     proc_modules: PathBuf,
+    /// Parameters the kernel command line gives modules (see
+    /// [`cmdline_params`]).
+    params: Arc<HashMap<String, String>>,
 }
 
-type LoadOne = fn(&Path, bool) -> Result<(), KmodError>;
+/// Loads one module file with a parameter string.
+type LoadOne = fn(&Path, &str) -> Result<(), KmodError>;
 
 impl Loader {
     pub fn new(index: impl Into<Arc<ModuleIndex>>) -> Self {
@@ -458,6 +462,9 @@ impl Loader {
         let cpu = std::fs::read_to_string(Path::new("/sys").join(CPU_MODALIAS))
             .ok()
             .map(|t| t.trim().to_string());
+        let params = std::fs::read_to_string("/proc/cmdline")
+            .map(|c| cmdline_params(&c))
+            .unwrap_or_default();
         Loader {
             index,
             loaded,
@@ -466,6 +473,7 @@ impl Loader {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             load_one: finit,
             proc_modules,
+            params: Arc::new(params),
         }
     }
 
@@ -627,6 +635,8 @@ impl Loader {
     ) {
         let (workers, load_one) = (self.workers, self.load_one);
         let async_probe = self.async_probe;
+        let params = Arc::clone(&self.params);
+        let params = &*params;
         let mut run = Schedule::default();
         run.add(self, roots, report);
         let (jobs, queue) = mpsc::channel::<Job>();
@@ -641,7 +651,7 @@ impl Loader {
                         Err(_) => return,
                     };
                     let Ok((m, path)) = job else { return };
-                    let result = load_one(&path, async_probe);
+                    let result = load_one(&path, &param_string(async_probe, params.get(&m)));
                     if events.send(Event::Loaded(m, result)).is_err() {
                         return;
                     }
@@ -1090,21 +1100,63 @@ pub fn added_device(msg: &[u8]) -> Option<Device> {
     })
 }
 
-fn finit(path: &Path, async_probe: bool) -> Result<(), KmodError> {
+/// Module parameters the kernel command line gives (`loop.max_loop=0`),
+/// applied as each module loads, as modprobe does: module name ->
+/// `param=value param2`. The kernel applies such words itself only to
+/// built-in modules.
+pub fn cmdline_params(cmdline: &str) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = HashMap::new();
+    for word in zeronode_types::boot_config::split(cmdline) {
+        let key = word.split('=').next().unwrap_or_default();
+        let Some((module, param)) = key.split_once('.') else {
+            continue;
+        };
+        if module.is_empty() || param.is_empty() {
+            continue;
+        }
+        let setting = &word[module.len() + 1..];
+        // A value the command line quoted keeps its quotes for the
+        // kernel's parser.
+        let setting = match setting.split_once('=') {
+            Some((p, v)) if v.contains(char::is_whitespace) => format!("{p}=\"{v}\""),
+            _ => setting.to_string(),
+        };
+        let all = out.entry(canonical(module)).or_default();
+        if !all.is_empty() {
+            all.push(' ');
+        }
+        all.push_str(&setting);
+    }
+    out
+}
+
+/// What finit_module gets: the generic `async_probe` and the command
+/// line's parameters for the module.
+fn param_string(async_probe: bool, cmdline: Option<&String>) -> String {
+    let words = async_probe
+        .then_some("async_probe")
+        .into_iter()
+        .chain(cmdline.map(String::as_str));
+    words.collect::<Vec<_>>().join(" ")
+}
+
+fn finit(path: &Path, params: &str) -> Result<(), KmodError> {
     let file = File::open(path).map_err(|source| KmodError::Open {
         path: path.to_path_buf(),
         source,
     })?;
-    let params = if async_probe {
-        c"async_probe".to_owned()
-    } else {
-        CString::default()
-    };
+    // /proc/cmdline holds no NUL; an empty string is the fallback anyway.
+    let c_params = CString::new(params).unwrap_or_default();
     let t = std::time::Instant::now();
-    let r = nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty());
+    let r = nix::kmod::finit_module(&file, &c_params, nix::kmod::ModuleInitFlags::empty());
     tracing::debug!(
-        "{}: {} ms",
+        "{}{}: {} ms",
         name_of(&path.to_string_lossy()),
+        if params.is_empty() {
+            String::new()
+        } else {
+            format!(" ({params})")
+        },
         t.elapsed().as_millis()
     );
     match r {
@@ -1411,6 +1463,7 @@ mod tests {
             workers: 2,
             load_one: finit,
             proc_modules: PathBuf::new(),
+            params: Default::default(),
         };
         let mut report = LoadReport::default();
         loader.load_many(
@@ -1458,6 +1511,7 @@ mod tests {
             workers: 2,
             load_one,
             proc_modules: dir.join("no-proc-modules"),
+            params: Default::default(),
         }
     }
 
@@ -1465,7 +1519,7 @@ mod tests {
     static ENDED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
     /// 300 ms for raid6_pq, 20 ms for the rest.
-    fn timed_load(path: &Path, _: bool) -> Result<(), KmodError> {
+    fn timed_load(path: &Path, _: &str) -> Result<(), KmodError> {
         let name = name_of(&path.to_string_lossy());
         let ms = if name == "raid6_pq" { 300 } else { 20 };
         std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -1497,7 +1551,7 @@ mod tests {
     static PACED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
     /// 30 ms for every module.
-    fn paced_load(path: &Path, _: bool) -> Result<(), KmodError> {
+    fn paced_load(path: &Path, _: &str) -> Result<(), KmodError> {
         std::thread::sleep(std::time::Duration::from_millis(30));
         PACED.lock().unwrap().push(name_of(&path.to_string_lossy()));
         Ok(())
@@ -1530,7 +1584,7 @@ mod tests {
         assert_eq!(ended.len(), 7, "{ended:?}");
     }
 
-    fn instant_load(_: &Path, _: bool) -> Result<(), KmodError> {
+    fn instant_load(_: &Path, _: &str) -> Result<(), KmodError> {
         Ok(())
     }
 
@@ -1689,10 +1743,61 @@ mod tests {
         assert!(took >= UEVENT_IDLE, "{took:?}");
     }
 
+    #[test]
+    fn the_command_line_gives_modules_their_parameters() {
+        let p = cmdline_params(
+            "console=ttyS0 loop.max_loop=0 zeronode.root_hash=ab ip=10.0.0.1::10.0.0.2:255.0.0.0:n:eth0:off \
+             bridge.flag \"dm-mod.name=a b\" loop.max_part=3 .x=1 y.=2 plain",
+        );
+        assert_eq!(p["loop"], "max_loop=0 max_part=3");
+        assert_eq!(p["bridge"], "flag");
+        assert_eq!(p["dm_mod"], "name=\"a b\"");
+        for absent in ["ip", "console", "", "y", "plain"] {
+            assert!(!p.contains_key(absent), "{absent}: {p:?}");
+        }
+        assert_eq!(
+            param_string(true, p.get("loop")),
+            "async_probe max_loop=0 max_part=3"
+        );
+        assert_eq!(param_string(false, p.get("loop")), "max_loop=0 max_part=3");
+        assert_eq!(param_string(true, None), "async_probe");
+        assert_eq!(param_string(false, None), "");
+    }
+
+    /// Parameter strings seen by `params_load`, by module.
+    static PARAMS_SEEN: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+    fn params_load(path: &Path, params: &str) -> Result<(), KmodError> {
+        PARAMS_SEEN
+            .lock()
+            .unwrap()
+            .push((name_of(&path.to_string_lossy()), params.to_string()));
+        Ok(())
+    }
+
+    #[test]
+    fn each_module_loads_with_its_own_parameters() {
+        let dir = fixture();
+        let mut loader = stand_in(dir.path(), params_load).with_async_probe();
+        loader.params = Arc::new(cmdline_params("virtio-net.napi_tx=1 failover.x=2"));
+        let mut report = LoadReport::default();
+        loader.load_many(vec!["virtio_net".into()], &mut report);
+        let mut seen = PARAMS_SEEN.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("failover".to_string(), "async_probe x=2".to_string()),
+                ("net_failover".into(), "async_probe".into()),
+                ("virtio_net".into(), "async_probe napi_tx=1".into()),
+            ]
+        );
+    }
+
     /// Loads seen by `recorded_load`, in order.
     static RECORDED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-    fn recorded_load(path: &Path, _: bool) -> Result<(), KmodError> {
+    fn recorded_load(path: &Path, _: &str) -> Result<(), KmodError> {
         RECORDED
             .lock()
             .unwrap()
@@ -1839,6 +1944,7 @@ mod tests {
             workers: 2,
             load_one: finit,
             proc_modules: PathBuf::new(),
+            params: Default::default(),
         };
         let mut report = LoadReport::default();
         loader.load_many(vec!["crc32c_intel".into()], &mut report);
