@@ -101,7 +101,9 @@ fn module_paths(kernel: &UnpackedKernel) -> Result<BTreeMap<String, String>> {
 /// together so the headers' relative links to kbuild resolve.
 struct BuildTree {
     root: PathBuf,
-    release: String,
+    /// The headers' two halves: each package's directory under usr/src.
+    headers: PathBuf,
+    headers_common: PathBuf,
     source_tarball: PathBuf,
     /// `linux-source-X.Y`: the tarball's top directory.
     source_top: String,
@@ -150,15 +152,9 @@ impl BuildTree {
         // make runs in the headers' directory: every path it gets is absolute.
         let root = std::fs::canonicalize(&root)
             .map_err(|e| format!("resolving {}: {e}", root.display()))?;
-        let source_top = p.source.clone();
-        let tree = Self {
-            source_tarball: root.join(format!("usr/src/{source_top}.tar.xz")),
-            root,
-            release: k.release.clone(),
-            source_top,
-            toolchain: String::new(),
-        };
-        let compiler = tree.compiler()?;
+        let src = root.join("usr/src");
+        let (headers, headers_common) = (src.join(&p.headers), src.join(&p.headers_common));
+        let compiler = compiler(&headers)?;
         let version = Command::new(&compiler)
             .arg("--version")
             .output()
@@ -174,27 +170,14 @@ impl BuildTree {
             compiler,
             String::from_utf8_lossy(&version.stdout)
         );
-        Ok(Self { toolchain, ..tree })
-    }
-
-    fn headers(&self) -> PathBuf {
-        self.root
-            .join("usr/src")
-            .join(format!("linux-headers-{}", self.release))
-    }
-
-    /// The compiler the headers' .kernelvariables name (`CC = ... gcc-12`).
-    fn compiler(&self) -> std::result::Result<String, String> {
-        let path = self.headers().join(".kernelvariables");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        text.lines()
-            .filter_map(|l| l.trim().strip_prefix("CC"))
-            .filter_map(|rest| rest.trim_start().strip_prefix('='))
-            .filter_map(|value| value.split_whitespace().last())
-            .map(|last| last.replace("$(CROSS_COMPILE)", ""))
-            .next()
-            .ok_or_else(|| format!("{} names no compiler (CC = ...)", path.display()))
+        Ok(Self {
+            source_tarball: src.join(format!("{}.tar.xz", p.source)),
+            source_top: p.source.clone(),
+            root,
+            headers,
+            headers_common,
+            toolchain,
+        })
     }
 
     /// Builds `r`'s module from the source directory of `dep_path`, or
@@ -248,16 +231,12 @@ impl BuildTree {
             .map_err(io("writing", work.join(UNSET_HEADER)))?;
         std::fs::write(work.join("Kbuild"), KBUILD).map_err(io("writing", work.join("Kbuild")))?;
 
-        let common = self.headers().with_file_name(format!(
-            "linux-headers-{}-common",
-            self.release.rsplit_once('-').map_or("", |(abi, _)| abi)
-        ));
         let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
         run(Command::new("make")
             .arg("-C")
-            .arg(self.headers())
+            .arg(&self.headers)
             .arg("-f")
-            .arg(common.join("Makefile"))
+            .arg(self.headers_common.join("Makefile"))
             .arg(format!("M={}", work.display()))
             .arg(format!("-j{jobs}"))
             .arg("modules")
@@ -298,6 +277,20 @@ impl BuildTree {
         std::fs::remove_dir_all(&work).map_err(io("removing", &work))?;
         Ok(built)
     }
+}
+
+/// The compiler the headers' .kernelvariables name (`CC = ... gcc-12`).
+fn compiler(headers: &Path) -> std::result::Result<String, String> {
+    let path = headers.join(".kernelvariables");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("CC"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .filter_map(|value| value.split_whitespace().last())
+        .map(|last| last.replace("$(CROSS_COMPILE)", ""))
+        .next()
+        .ok_or_else(|| format!("{} names no compiler (CC = ...)", path.display()))
 }
 
 const UNSET_HEADER: &str = "zeronode-unset.h";

@@ -462,9 +462,6 @@ impl Loader {
         let cpu = std::fs::read_to_string(Path::new("/sys").join(CPU_MODALIAS))
             .ok()
             .map(|t| t.trim().to_string());
-        let params = std::fs::read_to_string("/proc/cmdline")
-            .map(|c| cmdline_params(&c))
-            .unwrap_or_default();
         Loader {
             index,
             loaded,
@@ -473,7 +470,7 @@ impl Loader {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             load_one: finit,
             proc_modules,
-            params: Arc::new(params),
+            params: cmdline_module_params(),
         }
     }
 
@@ -1128,6 +1125,21 @@ pub fn cmdline_params(cmdline: &str) -> HashMap<String, String> {
         all.push_str(&setting);
     }
     out
+}
+
+/// [`cmdline_params`] of /proc/cmdline, read once a process: PID 1 makes
+/// a loader for stage 1, the early list, coldplug and hotplug, and the
+/// command line does not change while it runs. A failed read (no /proc
+/// yet) is not kept.
+fn cmdline_module_params() -> Arc<HashMap<String, String>> {
+    static PARAMS: std::sync::OnceLock<Arc<HashMap<String, String>>> = std::sync::OnceLock::new();
+    if let Some(p) = PARAMS.get() {
+        return Arc::clone(p);
+    }
+    match std::fs::read_to_string("/proc/cmdline") {
+        Ok(c) => Arc::clone(PARAMS.get_or_init(|| Arc::new(cmdline_params(&c)))),
+        Err(_) => Arc::default(),
+    }
 }
 
 /// What finit_module gets: the generic `async_probe` and the command
