@@ -74,7 +74,7 @@ fn main() {
     let runs: usize = std::env::var("ZN_BOOT_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let image = image_dir();
     let mut baseline = NodeOptions::new(&image, Boot::Direct);
     baseline.initrd = Some(image.join("baseline-initramfs.img"));
@@ -108,15 +108,20 @@ fn main() {
     // Round by round, every case once a round: the host's speed drifts by
     // seconds over minutes, and case after case would charge the drift to
     // whichever case ran in the slow minutes.
-    // The order turns by one case a round: on this host a boot that comes
-    // right after the small baseline (or after a pause) ran 0.2-0.8 s slower
-    // than the same image booted right after another node, so no case may
-    // always sit in that place.
+    // A round opens with the baseline, then the node cases, starting one
+    // further each round. On this host the first node boot after the short
+    // baseline run (or after a pause) ran 0.5-1 s slower than the same
+    // image booted right after another node, already before /init: the
+    // host's doing, not the guest's. So the slot after the baseline turns
+    // through the node cases (a multiple of 5 rounds gives each the same
+    // share), and the baseline itself always follows a node boot. The slot
+    // used to stay with the first boot path in all rounds but one.
+    let nodes = cases.len() - 1;
     let mut samples: Vec<Vec<Sample>> = cases.iter().map(|_| Vec::new()).collect();
-    for round in 1..=runs {
-        eprintln!("round {round} of {runs}");
-        let first = (round - 1) % cases.len();
-        for i in (first..cases.len()).chain(0..first) {
+    for round in 0..runs {
+        eprintln!("round {} of {runs}", round + 1);
+        let order = std::iter::once(0).chain((0..nodes).map(|k| 1 + (round + k) % nodes));
+        for i in order {
             let (name, opts, is_baseline) = &cases[i];
             match one(opts, *is_baseline) {
                 Ok(s) => samples[i].push(s),
