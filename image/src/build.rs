@@ -207,7 +207,13 @@ fn runtime_image(src: &Sources, work: &Path, sys: &Path) -> Result<Option<String
 /// hash the system image holds); returns their blake3 hex.
 fn system_image(src: &Sources, inp: &Inputs, work: &Path) -> Result<(String, Option<String>)> {
     let sys = work.join("system");
-    let modules = kmod::stage(&src.kernel, &src.cfg.system.modules, &src.cfg.kernel, &sys)?;
+    let modules = kmod::stage(
+        &src.kernel,
+        &src.cfg.system.modules,
+        &[],
+        &src.cfg.kernel,
+        &sys,
+    )?;
     tracing::info!("  {} kernel modules with their dependencies", modules.len());
     for d in [
         "proc",
@@ -331,7 +337,13 @@ fn squashfs_image(
 fn initramfs_image(src: &Sources, work: &Path, out: &Path) -> Result<()> {
     let stage1 = work.join("initramfs");
     let wanted = [&src.cfg.initramfs.modules[..], &src.cfg.initramfs.early[..]].concat();
-    kmod::stage(&src.kernel, &wanted, &src.cfg.kernel, &stage1)?;
+    kmod::stage(
+        &src.kernel,
+        &wanted,
+        &src.cfg.initramfs.soft_left_out,
+        &src.cfg.kernel,
+        &stage1,
+    )?;
     let image = work.join("system.img");
     let mut entries = vec![
         Entry::dir("dev"),

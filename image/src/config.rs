@@ -147,6 +147,11 @@ pub struct Initramfs {
     /// the initramfs's /etc/zeronode/modules-early.
     #[serde(default)]
     pub early: Vec<String>,
+    /// Soft dependencies (`softdep X pre:` names: modules or aliases) of
+    /// the two lists above that stay in the system image, for the kernel
+    /// to ask for when it needs them.
+    #[serde(default)]
+    pub soft_left_out: Vec<String>,
     pub compression: Compression,
 }
 
@@ -386,6 +391,7 @@ impl ImageConfig {
             ("system.modules", &cfg.system.modules),
             ("system.load", &cfg.system.load),
             ("initramfs.early", &cfg.initramfs.early),
+            ("initramfs.soft_left_out", &cfg.initramfs.soft_left_out),
         ] {
             if let Some(m) = list.iter().find(|m| !module_ok(m)) {
                 return Err(invalid(
@@ -398,6 +404,7 @@ impl ImageConfig {
             ("initramfs.modules", &cfg.initramfs.modules),
             ("system.load", &cfg.system.load),
             ("initramfs.early", &cfg.initramfs.early),
+            ("initramfs.soft_left_out", &cfg.initramfs.soft_left_out),
         ] {
             if let Some(m) = list.iter().find(|m| m.contains(['/', '*'])) {
                 return Err(invalid(
@@ -576,6 +583,11 @@ extra = ["loglevel=4"]
             "modules = [\"loop\"]\nearly = [\"fs/*\"]",
         ));
         assert!(err.contains("initramfs.early"), "{err}");
+        let err = error_of(&base.replace(
+            "modules = [\"loop\", \"squashfs\", \"overlay\"]",
+            "modules = [\"loop\"]\nsoft_left_out = [\"kernel/crypto/x.ko\"]",
+        ));
+        assert!(err.contains("initramfs.soft_left_out"), "{err}");
         let err = error_of(&base.replace("binaries = []", "binaries = []\nmulticall = [\"a\"]"));
         assert!(
             err.contains("need \"zeronode\" among the programs"),

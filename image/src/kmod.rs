@@ -172,6 +172,26 @@ impl DepGraph {
 }
 
 /// Names of the built-in modules (modules.builtin).
+/// modules.softdep without the names in `left_out` (`-` and `_` alike).
+fn without_soft(softdep: &str, left_out: &[String]) -> String {
+    let out: Vec<String> = left_out.iter().map(|n| canonical(n)).collect();
+    softdep
+        .lines()
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("softdep") {
+                return format!("{line}\n");
+            }
+            let kept: Vec<&str> = ["softdep"]
+                .into_iter()
+                .chain(words.next())
+                .chain(words.filter(|w| !out.contains(&canonical(w))))
+                .collect();
+            format!("{}\n", kept.join(" "))
+        })
+        .collect()
+}
+
 pub fn builtin(modules_dir: &Path) -> Result<BTreeSet<String>> {
     let path = modules_dir.join("modules.builtin");
     let text = std::fs::read_to_string(&path).map_err(io("reading", &path))?;
@@ -179,10 +199,13 @@ pub fn builtin(modules_dir: &Path) -> Result<BTreeSet<String>> {
 }
 
 /// Copies the chosen modules under `root/lib/modules/<release>` and indexes
-/// them with depmod. Returns the module files that went in.
+/// them with depmod, with their soft dependencies but those `soft_left_out`
+/// names (as written in modules.softdep: a module or an alias). Returns the
+/// module files that went in.
 pub fn stage(
     kernel: &UnpackedKernel,
     wanted: &[String],
+    soft_left_out: &[String],
     edits: &Kernel,
     root: &Path,
 ) -> Result<Vec<PathBuf>> {
@@ -197,7 +220,10 @@ pub fn stage(
         }
     };
     let files = DepGraph::parse(&dep_text, &dep_path)?
-        .with_soft_dependencies(&optional("modules.softdep")?, &optional("modules.alias")?)
+        .with_soft_dependencies(
+            &without_soft(&optional("modules.softdep")?, soft_left_out),
+            &optional("modules.alias")?,
+        )
         .select(wanted, &builtin(&src)?, &kernel.release)?;
     let dst = root.join("lib/modules").join(&kernel.release);
     let mut copied = Vec::new();
@@ -304,6 +330,19 @@ mod tests {
             ]
         );
         assert!(!got.iter().any(|p| p.contains("loop")));
+    }
+
+    #[test]
+    fn soft_dependencies_left_out_are_not_followed() {
+        let softdep = "# Soft dependencies\n\
+                       softdep btrfs pre: blake2b-256 crypto-crc32c xxhash64 post: loop\n\
+                       softdep xxhash64 pre: crc32c\n";
+        assert_eq!(
+            without_soft(softdep, &["blake2b_256".into(), "xxhash64".into()]),
+            "# Soft dependencies\n\
+             softdep btrfs pre: crypto-crc32c post: loop\n\
+             softdep xxhash64 pre: crc32c\n"
+        );
     }
 
     #[test]
