@@ -66,6 +66,9 @@ pub struct Kernel {
     /// Whether the modules keep their function-tracing call sites.
     #[serde(default)]
     pub module_ftrace_sites: FtraceSites,
+    /// Whether the modules keep their BPF type information.
+    #[serde(default)]
+    pub module_btf: ModuleBtf,
     /// Modules built again from Debian's source of this kernel.
     #[serde(default)]
     pub rebuild: Vec<Rebuild>,
@@ -117,6 +120,19 @@ pub enum FtraceSites {
     #[default]
     Keep,
     /// NOPped here: the same code, which ftrace cannot attach to.
+    Drop,
+}
+
+/// A module's `.BTF` describes its types for BPF programs (CO-RE
+/// relocations, bpftrace's struct access, /sys/kernel/btf/<module>).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleBtf {
+    /// As Debian ships them: the kernel parses and checks it as it loads.
+    #[default]
+    Keep,
+    /// Emptied: the kernel skips it, and BPF sees the module's functions
+    /// but not its own types.
     Drop,
 }
 
@@ -301,6 +317,10 @@ impl ImageConfig {
             (
                 "kernel.module_ftrace_sites",
                 cfg.kernel.module_ftrace_sites == FtraceSites::Drop,
+            ),
+            (
+                "kernel.module_btf",
+                cfg.kernel.module_btf == ModuleBtf::Drop,
             ),
         ] {
             if edits && cfg.kernel.module_signatures == ModuleSignatures::Keep {

@@ -7,10 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::config::{FtraceSites, Kernel, ModuleSignatures, StaticCallSites};
+use crate::config::{FtraceSites, Kernel, ModuleBtf, ModuleSignatures, StaticCallSites};
 use crate::error::{io, Error, Result};
 use crate::kernel::{depmod, UnpackedKernel};
-use crate::module_edits::{unsigned, without_ftrace_sites, without_static_call_sites};
+use crate::module_edits::{unsigned, without_btf, without_ftrace_sites, without_static_call_sites};
 
 /// Module names treat `-` and `_` alike, as the kernel does.
 pub fn canonical(name: &str) -> String {
@@ -243,6 +243,9 @@ pub fn stage(
         }
         if edits.module_ftrace_sites == FtraceSites::Drop {
             without_ftrace_sites(&mut bytes, &from)?;
+        }
+        if edits.module_btf == ModuleBtf::Drop {
+            without_btf(&mut bytes, &from)?;
         }
         std::fs::write(&to, bytes).map_err(io("writing module", &to))?;
         copied.push(to);

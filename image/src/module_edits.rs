@@ -67,6 +67,33 @@ pub fn without_static_call_sites(module: &mut [u8], path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Empties a module's `.BTF` section: its bytes become zeros (which the
+/// squashfs stores in next to nothing) and its size 0, so the loader finds
+/// no type information and skips parsing it (btf_module_notify). Debian
+/// builds with CONFIG_DEBUG_INFO_BTF_MODULES: every module carries the
+/// types it defines (230 KB of btrfs's 3.9 MB), and each load parses and
+/// checks all of them, type by type, under TCG on the way to ready.
+pub fn without_btf(module: &mut [u8], path: &Path) -> Result<()> {
+    let elf = parse(module, path)?;
+    let Some(btf) = (0..elf.section_headers.len())
+        .find(|&i| elf.shdr_strtab.get_at(elf.section_headers[i].sh_name) == Some(".BTF"))
+    else {
+        return Ok(());
+    };
+    let s = &elf.section_headers[btf];
+    let body = (s.sh_offset as usize)
+        .checked_add(s.sh_size as usize)
+        .filter(|&end| end <= module.len())
+        .map(|end| s.sh_offset as usize..end)
+        .ok_or_else(|| elf_error(path, ".BTF lies outside the file".into()))?;
+    let sizes = size_fields(&elf, &[btf], module.len(), path)?;
+    module[body].fill(0);
+    for at in sizes {
+        module[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+    }
+    Ok(())
+}
+
 /// Where the sh_size field (8 bytes at offset 32 of an Elf64_Shdr) of each
 /// of `sections` lies in the file, checked to be inside its `len` bytes.
 fn size_fields(elf: &Elf<'_>, sections: &[usize], len: usize, path: &Path) -> Result<Vec<usize>> {
@@ -300,6 +327,43 @@ mod tests {
         without_static_call_sites(&mut plain, Path::new("m.ko")).unwrap();
         assert_eq!(plain, copy);
         let err = without_static_call_sites(&mut b"MZ".to_vec(), Path::new("x.ko")).unwrap_err();
+        assert!(err.to_string().starts_with("x.ko: not a module"), "{err}");
+    }
+
+    #[test]
+    fn btf_is_zeroed_and_emptied_and_nothing_else_changes() {
+        let module = relocatable(&[
+            Section::progbits(".text", vec![0x90; 16]),
+            Section::progbits(".BTF", vec![0x9f, 0xeb, 1, 0, 0x18, 0, 0, 0, 7, 7, 7, 7]),
+            Section::progbits(".BTF_ids", vec![0xBB; 8]),
+        ]);
+        let before = section_sizes(&module);
+        assert_eq!(before[2], (".BTF".into(), 12));
+        let mut edited = module.clone();
+        without_btf(&mut edited, Path::new("m.ko")).unwrap();
+        let after = section_sizes(&edited);
+        assert_eq!(after[2], (".BTF".into(), 0));
+        assert_eq!(after[1], before[1]);
+        assert_eq!(after[3], before[3], ".BTF_ids is the module's data, kept");
+        assert_eq!(edited.len(), module.len());
+        let body = module
+            .windows(4)
+            .position(|w| w == [0x9f, 0xeb, 1, 0])
+            .unwrap();
+        assert!(edited[body..body + 12].iter().all(|&b| b == 0));
+        let changed = module.iter().zip(&edited).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            changed,
+            8 + 1,
+            "the body's non-zero bytes and the size's low byte"
+        );
+
+        // Without the section nothing changes; a non-ELF is refused.
+        let mut plain = relocatable(&[Section::progbits(".text", vec![0x90; 16])]);
+        let copy = plain.clone();
+        without_btf(&mut plain, Path::new("m.ko")).unwrap();
+        assert_eq!(plain, copy);
+        let err = without_btf(&mut b"MZ".to_vec(), Path::new("x.ko")).unwrap_err();
         assert!(err.to_string().starts_with("x.ko: not a module"), "{err}");
     }
 
