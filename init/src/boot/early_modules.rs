@@ -36,15 +36,19 @@ impl Child {
     }
 }
 
-/// Forks the child that loads `/etc/zeronode/modules-early` with `loader`
-/// and then frees the initramfs. None when the list is empty or the fork
+/// Forks the child that loads `/etc/zeronode/modules-early` with the
+/// module index `index` reads (in the child: the parse is a good part of
+/// a translated first run under TCG, which PID 1 then spends hashing) and
+/// then frees the initramfs. None when the list is empty or the fork
 /// failed (said as a warning): the modules then load when the kernel asks
 /// for them (`request_module` on the first btrfs mount), and PID 1 must
 /// free the initramfs itself.
 ///
 /// Must be called while PID 1 has no other thread: the child runs Rust
 /// code after fork, which is only sound in a single-threaded process.
-pub fn start(loader: kmod::Loader) -> Option<Child> {
+pub fn start<E: std::fmt::Display>(
+    index: impl FnOnce() -> Result<kmod::ModuleIndex, E>,
+) -> Option<Child> {
     let list = kmod::parse_load_list(&std::fs::read_to_string(LIST).unwrap_or_default());
     if list.is_empty() {
         return None;
@@ -66,7 +70,7 @@ pub fn start(loader: kmod::Loader) -> Option<Child> {
         }
         Ok(ForkResult::Child) => {
             drop(leaving);
-            run_child(loader, list, wait_end)
+            run_child(index, list, wait_end)
         }
         Err(e) => {
             tracing::warn!("early module list not loaded ahead: fork: {e}");
@@ -75,10 +79,21 @@ pub fn start(loader: kmod::Loader) -> Option<Child> {
     }
 }
 
-fn run_child(mut loader: kmod::Loader, list: Vec<String>, wait_end: OwnedFd) -> ! {
-    let mut report = kmod::LoadReport::default();
-    loader.load_many(list, &mut report);
-    report.log("early module list");
+fn run_child<E: std::fmt::Display>(
+    index: impl FnOnce() -> Result<kmod::ModuleIndex, E>,
+    list: Vec<String>,
+    wait_end: OwnedFd,
+) -> ! {
+    match index() {
+        Ok(index) => {
+            let mut loader = kmod::Loader::new(index).with_async_probe();
+            let mut report = kmod::LoadReport::default();
+            loader.load_many(list, &mut report);
+            report.log("early module list");
+        }
+        // The kernel asks for them when it needs them (request_module).
+        Err(e) => tracing::warn!("early module list not loaded: {e}"),
+    }
     // Until PID 1 closes its end, once it has switched root. A boot that
     // stops in stage 1 never does: the initramfs then stays as it was.
     let mut wait = std::fs::File::from(wait_end);

@@ -100,19 +100,19 @@ pub fn verify(path: &Path, cfg: &BootConfig) -> Result<(), RootError> {
 /// then goes on as stage 2 in the same process.
 pub fn enter_system_image(cfg: &BootConfig) -> Result<(), RootError> {
     let t = std::time::Instant::now();
-    let index = module_index()?;
     // First, while PID 1 has no other thread to fork beside.
-    let early = early_modules::start(kmod::Loader::new(index.clone()).with_async_probe());
+    let early = early_modules::start(module_index);
     // Hashing the image and loading the modules that mount it are
     // independent and each leaves the CPUs idle part of the time (module
-    // loading waits in the kernel), so they overlap.
+    // loading waits in the kernel), so they overlap. The hash starts
+    // first: until now PID 1 ran alone and the other CPU idled.
     let (verified, prepared) = std::thread::scope(|scope| {
         let hashing = scope.spawn(|| {
             let r = verify(Path::new(SYSTEM_IMAGE), cfg);
             tracing::debug!("system image hashed in {} ms", t.elapsed().as_millis());
             r
         });
-        let prepared = prepare(index);
+        let prepared = module_index().and_then(|index| prepare(Arc::new(index)));
         tracing::debug!("stage 1 modules in {} ms", t.elapsed().as_millis());
         let verified = hashing.join().unwrap_or_else(|_| {
             Err(RootError::Read {
@@ -125,10 +125,10 @@ pub fn enter_system_image(cfg: &BootConfig) -> Result<(), RootError> {
     verified.and(prepared).and_then(|()| switch(early))
 }
 
-fn module_index() -> Result<Arc<kmod::ModuleIndex>, RootError> {
+fn module_index() -> Result<kmod::ModuleIndex, RootError> {
     let release = nix::sys::utsname::uname().map_err(sys("uname"))?;
     let dir = Path::new("/lib/modules").join(release.release());
-    Ok(Arc::new(kmod::ModuleIndex::load(&dir)?))
+    Ok(kmod::ModuleIndex::load(&dir)?)
 }
 
 fn prepare(index: Arc<kmod::ModuleIndex>) -> Result<(), RootError> {
