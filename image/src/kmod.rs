@@ -171,7 +171,6 @@ impl DepGraph {
     }
 }
 
-/// Names of the built-in modules (modules.builtin).
 /// modules.softdep without the names in `left_out` (`-` and `_` alike).
 fn without_soft(softdep: &str, left_out: &[String]) -> String {
     let out: Vec<String> = left_out.iter().map(|n| canonical(n)).collect();
@@ -192,6 +191,7 @@ fn without_soft(softdep: &str, left_out: &[String]) -> String {
         .collect()
 }
 
+/// Names of the built-in modules (modules.builtin).
 pub fn builtin(modules_dir: &Path) -> Result<BTreeSet<String>> {
     let path = modules_dir.join("modules.builtin");
     let text = std::fs::read_to_string(&path).map_err(io("reading", &path))?;

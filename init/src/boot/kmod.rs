@@ -85,7 +85,7 @@ pub struct ModuleIndex {
     alias_text: String,
     /// Alias patterns grouped by the bus before the first ':' so a device is
     /// matched against its bus's patterns only. Places in `alias_text`
-    /// rather than strings of their own: the system image's ~1900 aliases
+    /// rather than strings of their own: the system image's ~1800 aliases
     /// were three allocations each, most of the index's 40-55 ms under TCG
     /// on the way to coldplug, and again in every modprobe helper.
     aliases: HashMap<String, Vec<AliasAt>>,

@@ -9,7 +9,6 @@
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use nix::mount::{mount, MsFlags};
 use thiserror::Error;
@@ -112,7 +111,7 @@ pub fn enter_system_image(cfg: &BootConfig) -> Result<(), RootError> {
             tracing::debug!("system image hashed in {} ms", t.elapsed().as_millis());
             r
         });
-        let prepared = module_index().and_then(|index| prepare(Arc::new(index)));
+        let prepared = module_index().and_then(prepare);
         tracing::debug!("stage 1 modules in {} ms", t.elapsed().as_millis());
         let verified = hashing.join().unwrap_or_else(|_| {
             Err(RootError::Read {
@@ -131,7 +130,7 @@ fn module_index() -> Result<kmod::ModuleIndex, RootError> {
     Ok(kmod::ModuleIndex::load(&dir)?)
 }
 
-fn prepare(index: Arc<kmod::ModuleIndex>) -> Result<(), RootError> {
+fn prepare(index: kmod::ModuleIndex) -> Result<(), RootError> {
     // async_probe also spares each module's init a wait for every pending
     // asynchronous probe in the system (async_synchronize_full).
     let mut loader = kmod::Loader::new(index).with_async_probe();
