@@ -1,5 +1,6 @@
 //! Bringing the machine up as PID 1, and taking it down again.
 
+pub mod early_hash;
 pub mod early_modules;
 pub mod kmod;
 pub mod logging;

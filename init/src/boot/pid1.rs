@@ -10,8 +10,8 @@
 use std::path::Path;
 
 use super::{
-    kmod, logging, modprobe, mounts, net, power_button, rcu, rootfs, shutdown, static_nodes,
-    watchdog,
+    early_hash, kmod, logging, modprobe, mounts, net, power_button, rcu, rootfs, shutdown,
+    static_nodes, watchdog,
 };
 use crate::run::{self, ReadyClock, RunOptions, Services};
 use crate::supervisor::Supervisor;
@@ -31,6 +31,8 @@ pub fn main() -> ! {
 
 fn boot() -> Result<std::convert::Infallible, String> {
     let cpu_at_init_ms = run::own_cpu_ms();
+    // Before anything else, while the second CPU idles (see early_hash).
+    let hashing = early_hash::start(Path::new(rootfs::SYSTEM_IMAGE));
     mounts::mount_all(Path::new("/"), mounts::KERNEL_API).map_err(|e| e.to_string())?;
     let all_cpus_at_init = run::CpuTime::now();
     let cfg = read_cmdline();
@@ -38,7 +40,7 @@ fn boot() -> Result<std::convert::Infallible, String> {
 
     if rootfs::has_system_image(Path::new(rootfs::SYSTEM_IMAGE), &cfg).map_err(|e| e.to_string())? {
         tracing::info!("verifying and entering the system image");
-        rootfs::enter_system_image(&cfg).map_err(|e| e.to_string())?;
+        rootfs::enter_system_image(&cfg, hashing).map_err(|e| e.to_string())?;
     }
 
     tracing::debug!("stage 2: running from the system image");

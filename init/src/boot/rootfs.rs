@@ -16,7 +16,7 @@ use thiserror::Error;
 use super::kmod;
 use super::loopdev::{self, Detach, LoopError};
 use super::mounts::{self, MountError};
-use super::{early_modules, parallel_hash, runtime_image};
+use super::{early_hash, early_modules, parallel_hash, runtime_image};
 use zeronode_types::boot_config::{hex, BootConfig};
 
 /// The system image inside the initramfs; its presence means "stage 1".
@@ -85,6 +85,28 @@ pub fn verify(path: &Path, cfg: &BootConfig) -> Result<(), RootError> {
         path: path.to_path_buf(),
         source,
     })?;
+    check(path, expected, actual)
+}
+
+/// Checks the hash the early child computed against the pinned one.
+fn verify_hashed(
+    path: &Path,
+    cfg: &BootConfig,
+    hashing: early_hash::Hashing,
+) -> Result<(), RootError> {
+    let expected = cfg.root_hash.ok_or(RootError::NoPinnedHash)?;
+    let hashed = hashing.finish().map_err(|source| RootError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tracing::debug!(
+        "system image hashed in {} ms from PID 1's start",
+        hashed.took.as_millis()
+    );
+    check(path, expected, hashed.hash)
+}
+
+fn check(path: &Path, expected: [u8; 32], actual: [u8; 32]) -> Result<(), RootError> {
     if actual != expected {
         return Err(RootError::HashMismatch {
             path: path.to_path_buf(),
@@ -96,11 +118,23 @@ pub fn verify(path: &Path, cfg: &BootConfig) -> Result<(), RootError> {
 }
 
 /// Verifies and mounts the system image and switches root into it; PID 1
-/// then goes on as stage 2 in the same process.
-pub fn enter_system_image(cfg: &BootConfig) -> Result<(), RootError> {
+/// then goes on as stage 2 in the same process. `hashing` is the image's
+/// hash under way since PID 1 started ([`early_hash::start`]); without it
+/// the image is hashed here.
+pub fn enter_system_image(
+    cfg: &BootConfig,
+    hashing: Option<early_hash::Hashing>,
+) -> Result<(), RootError> {
     let t = std::time::Instant::now();
     // First, while PID 1 has no other thread to fork beside.
     let early = early_modules::start(module_index);
+    if let Some(hashing) = hashing {
+        let prepared = module_index().and_then(prepare);
+        tracing::debug!("stage 1 modules in {} ms", t.elapsed().as_millis());
+        return verify_hashed(Path::new(SYSTEM_IMAGE), cfg, hashing)
+            .and(prepared)
+            .and_then(|()| switch(early));
+    }
     // Hashing the image and loading the modules that mount it are
     // independent and each leaves the CPUs idle part of the time (module
     // loading waits in the kernel), so they overlap. The hash starts
