@@ -6,8 +6,8 @@ use zeronode_qemu::Boot;
 
 use super::{ensure, opts, start, Check, BOOT_TIMEOUT, PXE_TIMEOUT};
 
-/// Ready line; a typo'd zeronode key is reported and ignored; every device
-/// gets its driver; RCU grace periods are expedited until ready only; the
+/// Ready line; a typo'd zeronode key is reported and ignored; zeronode.debug
+/// reaches the modules; every device gets its driver; RCU grace periods are expedited until ready only; the
 /// runtime image is verified and mounted after ready;
 /// the power button powers off with filesystems unmounted.
 pub fn direct_boot_ready_then_power_button() -> Check {
@@ -49,6 +49,13 @@ pub fn direct_boot_ready_then_power_button() -> Check {
         || {
             format!("RCU expedited {expedited:?}, ready {ready:?}, normal again {normal:?}: not in that order")
         },
+    )?;
+    // zeronode.debug reaches the modules too: storage's own debug line.
+    ensure(
+        console
+            .lines()
+            .any(|l| l.starts_with("[storage] DEBUG storage: cache set up in")),
+        || "no debug line from the storage module".into(),
     )?;
     let loaded: Vec<&str> = console
         .lines()
