@@ -1155,7 +1155,8 @@ pub fn cmdline_params(cmdline: &str) -> HashMap<String, String> {
         let Some((module, param)) = key.split_once('.') else {
             continue;
         };
-        if module.is_empty() || param.is_empty() {
+        // zeronode.* are PID 1's own keys (boot_config), not a module's.
+        if module.is_empty() || param.is_empty() || module == "zeronode" {
             continue;
         }
         let setting = &word[module.len() + 1..];
@@ -1811,7 +1812,7 @@ mod tests {
         assert_eq!(p["loop"], "max_loop=0 max_part=3");
         assert_eq!(p["bridge"], "flag");
         assert_eq!(p["dm_mod"], "name=\"a b\"");
-        for absent in ["ip", "console", "", "y", "plain"] {
+        for absent in ["ip", "console", "", "y", "plain", "zeronode"] {
             assert!(!p.contains_key(absent), "{absent}: {p:?}");
         }
         assert_eq!(
