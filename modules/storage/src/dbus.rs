@@ -163,6 +163,10 @@ pub fn disk_infos(node: &Node) -> Vec<DiskInfo> {
                 DiskState::Pool { label, .. } => ("pool", label.clone()),
                 DiskState::LeftAlone(why) => ("left-alone", why.clone()),
                 DiskState::Failed(e) => ("failed", e.clone()),
+                DiskState::Formatting => (
+                    "formatting",
+                    "blank: formatted as a pool once the node is ready".into(),
+                ),
             };
             DiskInfo {
                 name: r.disk.name.clone(),

@@ -56,6 +56,9 @@ pub enum DiskState {
     LeftAlone(String),
     /// The policy wanted to pool it and failed; the error.
     Failed(String),
+    /// Blank, and to be formatted as a pool once the node is ready
+    /// ([`finish_pending`]); it then takes one of the states above.
+    Formatting,
 }
 
 #[derive(Debug, Clone)]
@@ -234,12 +237,18 @@ pub fn bring_up_for_cache(cfg: &Config) -> Result<BringUp> {
         };
         report(i, act(cfg, &disks[i], plan), &mut pools);
     }
-    let pending = blanks
+    let pending: Vec<Pending> = blanks
         .map(|(i, plan)| Pending {
             disk: disks[i].clone(),
             plan,
         })
         .collect();
+    // Listed from now on, so that Disks shows every disk while the node
+    // waits to format these.
+    reports.extend(pending.iter().map(|p| DiskReport {
+        disk: p.disk.clone(),
+        state: DiskState::Formatting,
+    }));
     let t = std::time::Instant::now();
     let cache = setup_cache(cfg, &pools, &mut warnings)?;
     tracing::debug!("storage: cache set up in {} ms", t.elapsed().as_millis());
@@ -264,7 +273,10 @@ pub fn finish_pending(cfg: &Config, node: &RwLock<Node>, pending: Vec<Pending>) 
                 let outcome = act(cfg, &disk, plan);
                 let mut n = node.write().unwrap_or_else(|p| p.into_inner());
                 let state = settle(&disk, outcome, &mut n.pools);
-                n.disks.push(DiskReport { disk, state });
+                match n.disks.iter_mut().find(|r| r.disk.dev == disk.dev) {
+                    Some(listed) => listed.state = state,
+                    None => n.disks.push(DiskReport { disk, state }),
+                }
             });
         }
     });

@@ -405,7 +405,10 @@ fn only_the_cache_waits_for_a_format() {
     assert_eq!(up.node.pools.len(), 1, "{:?}", up.node.disks);
     assert_eq!(up.node.pools[0].device, ssd.dev);
     assert_eq!(up.node.cache.pool.as_ref(), Some(&up.node.pools[0].label));
-    assert_eq!(up.node.disks.len(), 1);
+    // The waiting disk is listed already, as waiting.
+    assert_eq!(up.node.disks.len(), 2);
+    assert_eq!(up.node.disks[1].disk.dev, hdd.dev);
+    assert!(matches!(up.node.disks[1].state, DiskState::Formatting));
     let pending: Vec<_> = up.pending.iter().map(|p| p.disk().dev.clone()).collect();
     assert_eq!(pending, std::slice::from_ref(&hdd.dev));
     assert_eq!(probe::probe(&hdd.dev, 256 << 20).unwrap(), Content::Blank);
@@ -413,6 +416,8 @@ fn only_the_cache_waits_for_a_format() {
     finish_pending(&cfg, &node, up.pending);
     let n = node.read().unwrap();
     assert_eq!(n.pools.len(), 2, "{:?}", n.disks);
+    // Listed once, now as the pool it became.
+    assert_eq!(n.disks.len(), 2, "{:?}", n.disks);
     assert!(matches!(
         &n.disks[1].state,
         DiskState::Pool {
@@ -430,13 +435,11 @@ fn only_the_cache_waits_for_a_format() {
     let devices = vec![new.dev.clone(), hdd.dev.clone(), ssd.dev.clone()];
     let up = bring_up_for_cache(&config(&scratch, devices, &[])).unwrap();
     assert_eq!(up.node.pools.len(), 2, "{:?}", up.node.disks);
-    assert!(up.node.disks.iter().all(|d| matches!(
-        d.state,
-        DiskState::Pool {
-            formatted: false,
-            ..
-        }
-    )));
+    assert!(up.node.disks.iter().all(|d| match d.state {
+        DiskState::Pool { formatted, .. } => !formatted,
+        DiskState::Formatting => d.disk.dev == new.dev,
+        _ => false,
+    }));
     assert_eq!(up.pending.len(), 1);
     assert_eq!(up.pending[0].disk().dev, new.dev);
 }
