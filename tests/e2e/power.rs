@@ -7,9 +7,9 @@ use zeronode_qemu::Boot;
 use super::{ensure, opts, start, Check, BOOT_TIMEOUT, PXE_TIMEOUT};
 
 /// Ready line; a typo'd zeronode key is reported and ignored; zeronode.debug
-/// reaches the modules; every device gets its driver; RCU grace periods are expedited until ready only; the
-/// runtime image is verified and mounted after ready;
-/// the power button powers off with filesystems unmounted.
+/// reaches the modules; every device gets its driver; RCU grace periods are
+/// expedited until ready only; the runtime image is verified and mounted
+/// after ready; the power button powers off with filesystems unmounted.
 pub fn direct_boot_ready_then_power_button() -> Check {
     let mut o = opts(Boot::Direct);
     // virtio_net.napi_tx=1: a module parameter on the kernel command line,

@@ -165,7 +165,7 @@ pub fn disk_infos(node: &Node) -> Vec<DiskInfo> {
                 DiskState::Failed(e) => ("failed", e.clone()),
                 DiskState::Formatting => (
                     "formatting",
-                    "blank: formatted as a pool once the node is ready".into(),
+                    "blank: waiting for its format as a pool".into(),
                 ),
             };
             DiskInfo {

@@ -56,8 +56,9 @@ pub enum DiskState {
     LeftAlone(String),
     /// The policy wanted to pool it and failed; the error.
     Failed(String),
-    /// Blank, and to be formatted as a pool once the node is ready
-    /// ([`finish_pending`]); it then takes one of the states above.
+    /// Blank, and waiting for its format as a pool ([`finish_pending`]: on
+    /// a node after the ready line, see `--format-more-after`); it then
+    /// takes one of the states above.
     Formatting,
 }
 
